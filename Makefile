@@ -1,0 +1,27 @@
+# floodguard — every target does its own set-up (idempotent), so a fresh
+# Debian/Ubuntu machine needs nothing but `make demo` or `make test` as root.
+VENV   ?= $(CURDIR)/.venv
+PY     := $(VENV)/bin/python
+FG     := $(VENV)/bin/floodguard
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench lint install uninstall clean
+
+setup:
+	@FLOODGUARD_VENV=$(VENV) ./scripts/setup.sh
+
+test: setup
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: setup
+	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/mypy
+
+demo: setup
+	$(FG) demo
+
+bench: setup
+	$(FG) bench datapath
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# Host set-up for floodguard: idempotent, safe to run before every `make` target.
+#
+# Installs the Debian/Ubuntu packages the agent, its tests and its benchmarks
+# need, makes kernel headers visible to BCC, mounts bpffs and builds .venv.
+# Every failure is one sentence that says what is missing and what to do.
+set -euo pipefail
+
+here=$(cd "$(dirname "$0")/.." && pwd)
+venv="${FLOODGUARD_VENV:-$here/.venv}"
+stamp="$venv/.floodguard-setup"
+
+die() { printf 'floodguard setup: %s\n' "$*" >&2; exit 1; }
+say() { printf 'floodguard setup: %s\n' "$*"; }
+
+[[ $(id -u) -eq 0 ]] || die "must run as root (XDP, bpffs and apt need it): re-run with sudo."
+command -v apt-get >/dev/null || die "no apt-get: this set-up supports Debian and Ubuntu; install python3-bpfcc, kernel headers, iproute2, netsniff-ng and xdp-tools by hand."
+# /sys/fs/bpf exists exactly when the kernel has the bpf syscall (CONFIG_BPF_SYSCALL).
+[[ -d /sys/fs/bpf ]] || die "the running kernel $(uname -r) has no BPF support: boot a kernel built with CONFIG_BPF_SYSCALL=y."
+
+
+packages=(
+    python3-bpfcc       # BCC: compiles and loads the XDP program
+    python3-venv python3-pip
+    iproute2            # ip, for humans; the agent itself uses pyroute2
+    netsniff-ng         # trafgen: floods in the lab, tests and benchmarks
+    xdp-tools           # xdp-filter: the peer in `make bench`
+    prometheus          # promtool: checks metrics and alert rules in tests
+    iptables nftables   # peers in the end-to-end benchmark
+    ethtool util-linux kmod
+    linux-headers-amd64
+)
+missing=()
+for p in "${packages[@]%% *}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+    say "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq || die "apt-get update failed: check the network or the apt sources."
+    # The exact header package for the running kernel is preferred; the generic one is the fallback.
+    exact="linux-headers-$(uname -r)"
+    if apt-cache show "$exact" >/dev/null 2>&1; then missing+=("$exact"); fi
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
+        || die "apt-get install ${missing[*]} failed: run it by hand to see why."
+fi
+
+# BCC compiles against /lib/modules/$(uname -r)/build. The program includes only
+# UAPI headers, so the distribution's generic headers serve any recent kernel.
+mod="/lib/modules/$(uname -r)"
+if [[ ! -e $mod/build/include ]]; then
+    amd=$(ls -d /usr/src/linux-headers-*-amd64 2>/dev/null | sort -V | tail -n1 || true)
+    common=$(ls -d /usr/src/linux-headers-*-common 2>/dev/null | sort -V | tail -n1 || true)
+    [[ -n $amd && -n $common ]] || die "no kernel headers for $(uname -r): install linux-headers-$(uname -r) or linux-headers-amd64."
+    mkdir -p "$mod"
+    ln -sfn "$amd" "$mod/build"
+    ln -sfn "$common" "$mod/source"
+    say "no headers for $(uname -r): linked $mod/build -> $amd and source -> $common (UAPI headers only are used)"
+fi
+
+if ! mountpoint -q /sys/fs/bpf; then
+    mount -t bpf bpf /sys/fs/bpf || die "cannot mount bpffs on /sys/fs/bpf: the kernel needs CONFIG_BPF_SYSCALL."
+    say "mounted bpffs on /sys/fs/bpf"
+fi
+
+# BCC is a Debian package (python3-bpfcc); the PyPI package named bcc is
+# unrelated, so the venv sees the system site-packages.
+if [[ ! -x $venv/bin/python ]]; then
+    /usr/bin/python3 -m venv --system-site-packages "$venv" || die "cannot create $venv: install python3-venv."
+fi
+"$venv/bin/python" -c 'import bcc' 2>/dev/null || die "python3-bpfcc is installed but 'import bcc' fails in $venv: reinstall python3-bpfcc."
+if [[ ! -f $stamp || $here/pyproject.toml -nt $stamp ]]; then
+    say "installing floodguard and its test extras into $venv"
+    log="$venv/pip-install.log"
+    if ! "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]" >"$log" 2>&1; then
+        tail -n 20 "$log" >&2
+        die "pip install into $venv failed: the full log is $log."
+    fi
+    touch "$stamp"
+fi
