@@ -1,0 +1,18 @@
+/* SPDX-License-Identifier: GPL-2.0 */
+/*
+ * bench_drop.bpf.c — the reference for `floodguard bench datapath`: drop
+ * everything. Built with the same -DFG_BENCH flags as the real program so
+ * both pay for the same source-address rewrite.
+ */
+#include <uapi/linux/bpf.h>
+
+#include "bench.h"
+
+int xdp_drop(struct xdp_md *ctx)
+{
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+
+	fg_bench_vary(data, data_end);
+	return XDP_DROP;
+}
