@@ -1,0 +1,274 @@
+"""MapPort: everything the agent writes to or reads from the program's maps.
+
+Policy apply and the control loop talk to the kernel only through this
+class; unit tests of pure logic replace it with an in-memory fake, and the
+BPF and integration tests use the real one.
+"""
+
+from __future__ import annotations
+
+import ctypes as ct
+import ipaddress
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import _bpfsys as sysbpf
+from . import abi
+from .addrtable import AddressTable, _words
+from .maps import Maps
+from .rates import make_rate
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """Run-time settings (struct fg_config)."""
+
+    monitor: bool = False
+    malformed_pass: bool = False
+    syn_learn: bool = False
+    sample_every: int = 0
+    v6_bucket_len: int = 64
+    syn_verified_ttl_ns: int = 600 * 1_000_000_000
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A mitigation rule (struct fg_rule), in operator terms."""
+
+    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
+    proto: int = 0
+    sport: tuple[int, int] = (0, 65535)
+    dport: tuple[int, int] = (0, 65535)
+    tcp_flags_mask: int = 0
+    tcp_flags_value: int = 0
+    action: abi.RuleAction = abi.RuleAction.DROP
+    pps: int = 0
+    bps: int = 0
+    burst: int = 0
+    expires_ns: int = 0
+    origin: abi.Origin = abi.Origin.AUTO
+    monitor: bool = False
+    rule_id: int = 0
+    group: int = 0
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A protected group's settings (struct fg_group), limits per class."""
+
+    base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
+    monitor: bool = False
+    syn_always: bool = False
+    challenge_pps: int = 0
+
+
+def _mask_words(fam: int, plen: int) -> tuple[int, int, int, int]:
+    bits = 32 if fam == 4 else 128
+    m = ((1 << plen) - 1) << (bits - plen) if plen else 0
+    return _words(fam, m)
+
+
+class MapPort:
+    """The real port: reads and writes the pinned maps of one program."""
+
+    def __init__(self, maps: Maps) -> None:
+        self.maps = maps
+        self.addresses = AddressTable(maps)
+        self._generation = 0
+
+    def close(self) -> None:
+        self.addresses.close()
+
+    # --- config and interfaces ----------------------------------------------
+
+    def read_config(self) -> abi.Config:
+        c = self.maps["config"].get(0)
+        assert c is not None  # an array of one always has entry 0
+        return c  # type: ignore[no-any-return]
+
+    def write_config(self, spec: ConfigSpec, syn_keys: Sequence[Sequence[int]] | None = None) -> None:
+        cur = self.read_config()
+        c = abi.Config()
+        c.flags = (
+            (abi.CFG_MONITOR if spec.monitor else 0)
+            | (abi.CFG_MALFORMED_PASS if spec.malformed_pass else 0)
+            | (abi.CFG_SYN_LEARN if spec.syn_learn else 0)
+        )
+        c.sample_every = spec.sample_every
+        c.n_rules = cur.n_rules
+        c.v6_bucket_len = spec.v6_bucket_len
+        c.v6_bucket_mask[:] = _mask_words(6, spec.v6_bucket_len)
+        self._generation = max(self._generation, int(cur.generation)) + 1
+        c.generation = self._generation
+        c.syn_verified_ttl_ns = spec.syn_verified_ttl_ns
+        keys = syn_keys if syn_keys is not None else [list(k) for k in cur.syn_key]
+        for i in range(2):
+            c.syn_key[i][0], c.syn_key[i][1] = keys[i][0], keys[i][1]
+        self.maps["config"].set(0, c)
+
+    def set_syn_keys(self, current: Sequence[int], previous: Sequence[int]) -> None:
+        c = self.read_config()
+        c.syn_key[1][0], c.syn_key[1][1] = previous[0], previous[1]
+        c.syn_key[0][0], c.syn_key[0][1] = current[0], current[1]
+        self.maps["config"].set(0, c)
+
+    def set_ifslot(self, ifindex: int, slot: int) -> None:
+        """Count packets of ifindex under slot (1..IF_SLOTS-1); 0 frees it."""
+        k = ifindex % abi.IFSLOT_TABLE
+        self.maps["ifslots"].set(k, abi.IfSlot(ifindex=ifindex if slot else 0, slot=slot))
+
+    def ifslots(self) -> dict[int, int]:
+        return {int(v.ifindex): int(v.slot) for _, v in self.maps["ifslots"].items() if v.ifindex}
+
+    # --- groups ---------------------------------------------------------------
+
+    def read_group(self, gid: int) -> abi.Group:
+        g = self.maps["groups"].get(gid)
+        assert g is not None
+        return g  # type: ignore[no-any-return]
+
+    def set_group(self, gid: int, spec: GroupSpec) -> None:
+        """Policy settings of a group; tightening and SYN-auth state are kept."""
+        g = self.read_group(gid)
+        for i, r in enumerate(spec.base):
+            g.base[i] = r
+        keep = g.flags & (abi.GROUP_TIGHT | abi.GROUP_SYN_AUTH)
+        g.flags = (
+            keep | (abi.GROUP_MONITOR if spec.monitor else 0) | (abi.GROUP_SYN_ALWAYS if spec.syn_always else 0)
+        )
+        g.challenge = make_rate(pps=spec.challenge_pps) if spec.challenge_pps else abi.Rate()
+        self.maps["groups"].set(gid, g)
+
+    def tighten(self, gid: int, tight: Sequence[abi.Rate], expires_ns: int, origin: abi.Origin) -> None:
+        """Replace a group's per-source limits until expires_ns (refreshable)."""
+        g = self.read_group(gid)
+        for i, r in enumerate(tight):
+            g.tight[i] = r
+        g.tight_expires = expires_ns
+        g.tight_origin = origin
+        g.flags |= abi.GROUP_TIGHT
+        self.maps["groups"].set(gid, g)
+
+    def relax(self, gid: int) -> None:
+        g = self.read_group(gid)
+        g.flags &= ~abi.GROUP_TIGHT
+        g.tight_expires = 0
+        self.maps["groups"].set(gid, g)
+
+    def set_syn_auth(self, gid: int, expires_ns: int | None) -> None:
+        """Challenge unverified SYNs to the group until expires_ns; None stops."""
+        g = self.read_group(gid)
+        if expires_ns is None:
+            g.flags &= ~abi.GROUP_SYN_AUTH
+            g.syn_auth_expires = 0
+        else:
+            g.flags |= abi.GROUP_SYN_AUTH
+            g.syn_auth_expires = expires_ns
+        self.maps["groups"].set(gid, g)
+
+    def clear_groups(self, keep: Iterable[int]) -> None:
+        """Zero every group not in keep (after a policy change removed some)."""
+        keep_set = set(keep)
+        zero = abi.Group()
+        for gid in range(self.maps["groups"].max_entries):
+            if gid not in keep_set and self.read_group(gid).flags | self.read_group(gid).base[0].pkt_cost_ns:
+                self.maps["groups"].set(gid, zero)
+
+    # --- rules ----------------------------------------------------------------
+
+    def set_rules(self, rules: Sequence[RuleSpec]) -> None:
+        """Make the rule table exactly these rules, in order.
+
+        Growing: slots first, then the count; shrinking: the count first.
+        """
+        if len(rules) > abi.MAX_RULES:
+            raise ValueError(f"at most {abi.MAX_RULES} rules")
+        cfg = self.read_config()
+        old_n = int(cfg.n_rules)
+        if len(rules) < old_n:
+            cfg.n_rules = len(rules)
+            self.maps["config"].set(0, cfg)
+        table = self.maps["rules"]
+        for i, spec in enumerate(rules):
+            table.set(i, self._rule(spec))
+        for i in range(len(rules), old_n):
+            table.set(i, abi.Rule())
+        if len(rules) >= old_n:
+            cfg = self.read_config()
+            cfg.n_rules = len(rules)
+            self.maps["config"].set(0, cfg)
+
+    @staticmethod
+    def _rule(spec: RuleSpec) -> abi.Rule:
+        fam = spec.dst.version
+        r = abi.Rule()
+        r.expires = spec.expires_ns
+        r.dst[:] = _words(fam, int(spec.dst.network_address))
+        r.dst_mask[:] = _mask_words(fam, spec.dst.prefixlen)
+        r.family = fam
+        r.dst_len = spec.dst.prefixlen
+        r.proto = spec.proto
+        r.action = spec.action
+        r.tcp_flags_mask = spec.tcp_flags_mask
+        r.tcp_flags_value = spec.tcp_flags_value
+        r.origin = spec.origin
+        r.flags = abi.RULE_MONITOR if spec.monitor else 0
+        r.sport_lo, r.sport_hi = spec.sport
+        r.dport_lo, r.dport_hi = spec.dport
+        r.id = spec.rule_id
+        r.group = spec.group
+        if spec.action == abi.RuleAction.RATE_LIMIT:
+            r.rate = make_rate(spec.pps, spec.bps, spec.burst)
+        return r
+
+    def read_rules(self) -> list[abi.Rule]:
+        n = int(self.read_config().n_rules)
+        return [self.maps["rules"].get(i) for i in range(n)]  # type: ignore[misc]
+
+    # --- counters ---------------------------------------------------------------
+
+    def read_stats(self) -> np.ndarray:  # type: ignore[type-arg]
+        """Verdict counters summed over CPUs: array [slot, reason, class, mon, (packets, bytes)]."""
+        t = self.maps["stats"]
+        _keys, values, n = t.read_raw()
+        ncpu = t.ncpus
+        arr = np.frombuffer(values, dtype=np.uint64).reshape(n, ncpu, 2).sum(axis=1, dtype=np.uint64)
+        return arr.reshape(abi.IF_SLOTS, abi.REASON_MAX, abi.CLASS_MAX, 2, 2)
+
+    def read_group_stats(self) -> np.ndarray:  # type: ignore[type-arg]
+        """Per (group, class) counters summed over CPUs: [group, class, field] with
+        fields packets, bytes, dropped_packets, dropped_bytes, new_sources."""
+        t = self.maps["group_stats"]
+        _keys, values, n = t.read_raw()
+        nf = ct.sizeof(abi.GroupCounter) // 8
+        arr = np.frombuffer(values, dtype=np.uint64).reshape(n, t.ncpus, nf).sum(axis=1, dtype=np.uint64)
+        return arr.reshape(n // abi.LIMIT_CLASSES, abi.LIMIT_CLASSES, nf)
+
+    def read_dst_stats(self) -> dict[tuple[int, int], abi.DstCounter]:
+        """Per protected destination: (family, address int) -> counters (summed)."""
+        out: dict[tuple[int, int], abi.DstCounter] = {}
+        for k, v in self.maps["dst_stats"].items():
+            fam = int(k.family)
+            out[(fam, _addr_int(fam, k.addr))] = v
+        return out
+
+    def read_rule_stats(self) -> list[tuple[int, int]]:
+        t = self.maps["rule_stats"]
+        _keys, values, n = t.read_raw()
+        arr = np.frombuffer(values, dtype=np.uint64).reshape(n, t.ncpus, 2).sum(axis=1, dtype=np.uint64)
+        return [(int(p), int(b)) for p, b in arr.tolist()]
+
+    def count_entries(self, name: str) -> int:
+        """Entries in a hash map (for fill ratios)."""
+        _k, _v, n = self.maps[name].read_raw()
+        return n
+
+
+def _addr_int(fam: int, words: ct.Array) -> int:  # type: ignore[type-arg]
+    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+    return int.from_bytes(raw[:4] if fam == 4 else raw, "big")
+
+
+__all__ = ["ConfigSpec", "GroupSpec", "MapPort", "RuleSpec", "sysbpf"]
