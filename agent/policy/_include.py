@@ -127,9 +127,11 @@ class _Reader:
 
     def _expand(self, including: Path, pattern: str) -> list[tuple[Path, str]]:
         base = including.parent
-        joined = os.path.join(base, os.path.expanduser(pattern))
+        # Keep names as the operator would write them: "conf.d/a.yaml", not "./conf.d/a.yaml".
+        pattern = os.path.expanduser(pattern)
+        joined = pattern if str(base) == "." else os.path.join(base, pattern)
         if glob.has_magic(pattern):
-            self.sources.globs.append(os.path.join(base.absolute(), os.path.expanduser(pattern)))
+            self.sources.globs.append(os.path.join(base.absolute(), pattern))
             # A glob that matches nothing is fine: conf.d may be empty. Directories are skipped.
             return [(Path(m), m) for m in sorted(glob.glob(joined)) if os.path.isfile(m)]
         return [(Path(joined), joined)]

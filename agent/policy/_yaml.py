@@ -211,7 +211,7 @@ def load_yaml(path: Path, display: str) -> tuple[Node | None, list[PolicyIssue]]
         try:
             root = loader.get_single_node()
         except yaml.MarkedYAMLError as exc:
-            raise _syntax_error(display, exc) from None
+            raise _syntax_error(display, exc, text) from None
         except yaml.YAMLError as exc:
             raise YamlFileError(start, f"YAML syntax error: {exc}") from None
         if root is None:
@@ -223,13 +223,13 @@ def load_yaml(path: Path, display: str) -> tuple[Node | None, list[PolicyIssue]]
         loader.dispose()
 
 
-def _syntax_error(display: str, exc: yaml.MarkedYAMLError) -> YamlFileError:
+def _syntax_error(display: str, exc: yaml.MarkedYAMLError, text: str) -> YamlFileError:
     mark = exc.problem_mark or exc.context_mark
     loc = Loc(display, mark.line + 1, mark.column + 1) if mark is not None else Loc(display, 1, 1)
     problem = exc.problem or "invalid YAML"
     context = f" ({exc.context})" if exc.context else ""
     hint = ""
-    if "found character '\\t'" in problem:
+    if mark is not None and 0 <= mark.index < len(text) and text[mark.index] == "\t":
         hint = "; YAML indents with spaces, never tabs"
     elif "mapping values are not allowed" in problem:
         hint = "; a value that contains ': ' must be quoted, or the indentation is off"
