@@ -83,6 +83,12 @@ enum fg_rule_action {
 #define FG_CFG_MALFORMED_PASS (1U << 1) /* pass malformed packets (default: drop) */
 #define FG_CFG_SYN_LEARN      (1U << 2) /* learn verified sources from handshakes seen in calm times */
 
+/* A 128-bit key for the SYN challenge's keyed hash. */
+struct fg_key128 {
+	__u64 k0;
+	__u64 k1;
+};
+
 /* Run-time settings (array of one). Written by the daemon on every apply. */
 struct fg_config {
 	__u32 flags;
@@ -92,7 +98,7 @@ struct fg_config {
 	__u32 v6_bucket_mask[4];   /* the mask for v6_bucket_len, network order */
 	__u64 generation;          /* bumped by every apply; for `explain` and tests */
 	__u64 syn_verified_ttl_ns; /* how long a verified source stays verified */
-	__u64 syn_key[2][2];       /* SYN challenge keys: [0] current, [1] previous */
+	struct fg_key128 syn_key[2]; /* SYN challenge keys: [0] current, [1] previous */
 };
 
 /* Per-interface slot for the counters (array of FG_IFSLOT_TABLE). */

@@ -35,6 +35,14 @@ static __always_inline int fg_rate_charge(__u64 *pkt_tat, __u64 *byte_tat, const
 		pt = now;
 	if (bt < now)
 		bt = now;
+	/* Under a constant rate tat never runs further ahead than the tolerance.
+	 * When it does, the limit just changed (a tightening expired or began):
+	 * start the source afresh under the new limit rather than make it pay
+	 * off a debt run up under another one. */
+	if (pt > now + r->pkt_tolerance_ns)
+		pt = now;
+	if (bt > now + r->byte_tolerance_ns)
+		bt = now;
 	if (pcost && pt + pcost - now > r->pkt_tolerance_ns)
 		return 0;
 	if (r->byte_cost_fp && bt + bcost - now > r->byte_tolerance_ns)

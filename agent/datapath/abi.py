@@ -117,6 +117,10 @@ u8, u16, u32, u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
 Addr = u32 * 4
 
 
+class Key128(ct.Structure):
+    _fields_ = [("k0", u64), ("k1", u64)]
+
+
 class Config(ct.Structure):
     _fields_ = [
         ("flags", u32),
@@ -126,7 +130,7 @@ class Config(ct.Structure):
         ("v6_bucket_mask", Addr),
         ("generation", u64),
         ("syn_verified_ttl_ns", u64),
-        ("syn_key", (u64 * 2) * 2),
+        ("syn_key", Key128 * 2),
     ]
 
 
@@ -289,6 +293,7 @@ class Lpm6Key(ct.Structure):
 # C name of each mirrored struct, for the layout test. ctypes field names that
 # differ from C because of Python keywords or clarity: `cls` is C's `class`.
 C_STRUCTS: dict[str, type[ct.Structure]] = {
+    "fg_key128": Key128,
     "fg_config": Config,
     "fg_ifslot": IfSlot,
     "fg_addr_info": AddrInfo,

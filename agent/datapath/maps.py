@@ -189,7 +189,9 @@ def _add_into(total: Any, other: Any) -> None:
             for i in range(len(arr_t)):
                 arr_t[i] += arr_o[i]
         elif name == "group":
-            continue  # a label, the same on every CPU
+            # A label written by whichever CPU created the entry; the
+            # other CPUs' copies hold 0.
+            setattr(total, name, max(getattr(total, name), getattr(other, name)))
         else:
             setattr(total, name, getattr(total, name) + getattr(other, name))
 

@@ -103,15 +103,15 @@ class MapPort:
         self._generation = max(self._generation, int(cur.generation)) + 1
         c.generation = self._generation
         c.syn_verified_ttl_ns = spec.syn_verified_ttl_ns
-        keys = syn_keys if syn_keys is not None else [list(k) for k in cur.syn_key]
+        keys = syn_keys if syn_keys is not None else [(k.k0, k.k1) for k in cur.syn_key]
         for i in range(2):
-            c.syn_key[i][0], c.syn_key[i][1] = keys[i][0], keys[i][1]
+            c.syn_key[i].k0, c.syn_key[i].k1 = keys[i][0], keys[i][1]
         self.maps["config"].set(0, c)
 
     def set_syn_keys(self, current: Sequence[int], previous: Sequence[int]) -> None:
         c = self.read_config()
-        c.syn_key[1][0], c.syn_key[1][1] = previous[0], previous[1]
-        c.syn_key[0][0], c.syn_key[0][1] = current[0], current[1]
+        c.syn_key[1].k0, c.syn_key[1].k1 = previous[0], previous[1]
+        c.syn_key[0].k0, c.syn_key[0].k1 = current[0], current[1]
         self.maps["config"].set(0, c)
 
     def set_ifslot(self, ifindex: int, slot: int) -> None:
