@@ -159,7 +159,12 @@ def merge(base: Map, other: Map, path: KeyPath, issues: list[PolicyIssue]) -> Ma
             entries[key] = entry
             continue
         a, b = first.value, entry.value
-        if isinstance(a, Map) and isinstance(b, Map):
+        # A key left empty (null: everything under it commented out) says nothing; the other file wins.
+        if isinstance(b, Scalar) and b.value is None:
+            continue
+        if isinstance(a, Scalar) and a.value is None:
+            entries[key] = entry
+        elif isinstance(a, Map) and isinstance(b, Map):
             entries[key] = Entry(first.key_loc, merge(a, b, (*path, key), issues))
         elif isinstance(a, Seq) and isinstance(b, Seq) and key in CONCATENATED:
             entries[key] = Entry(first.key_loc, Seq(a.items + b.items, a.loc))

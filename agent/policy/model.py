@@ -12,6 +12,7 @@ one value at a time.
 from __future__ import annotations
 
 import re
+import typing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -46,6 +47,23 @@ class _Model(BaseModel):
     """Frozen, no unknown keys: what was validated is what runs."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _blank_is_default(cls, data: Any) -> Any:
+        # `allow:` with everything under it commented out is null in YAML; it means
+        # "nothing here", so such a key takes its default — unless null is a value the
+        # field itself accepts (control.group: null = root only).
+        if isinstance(data, dict) and any(value is None for value in data.values()):
+            return {k: v for k, v in data.items() if v is not None or _takes_none(cls, k)}
+        return data
+
+
+def _takes_none(model: type[BaseModel], key: str) -> bool:
+    field = model.model_fields.get(key)
+    if field is None:
+        return True  # unknown key: keep it, so that it is reported
+    return type(None) in typing.get_args(field.annotation) or field.annotation is type(None)
 
 
 def _absolute(value: Path) -> Path:

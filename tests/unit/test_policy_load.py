@@ -332,3 +332,31 @@ def test_models_are_frozen(here: Path) -> None:
     policy = load_policy_or_raise("policy.yaml")
     with pytest.raises(ValueError, match="frozen"):
         policy.mode = "monitor"  # type: ignore[misc]
+
+
+def test_empty_keys_mean_defaults_and_merge_with_other_files(here: Path) -> None:
+    write(
+        here,
+        {
+            "policy.yaml": """
+                include: [conf.d/*.yaml]
+                interfaces: [eth0]
+                allow:
+                #  prefixes: [192.0.2.0/24]
+                protect:
+                limits:
+                  udp:
+                control: {group: null}
+                """,
+            "conf.d/a.yaml": "allow: {prefixes: [198.51.100.0/24]}\n"
+            "protect: [{name: web, prefixes: [10.0.0.0/8]}]\n",
+        },
+    )
+    result = load_policy("policy.yaml")
+    assert result.errors == [], [str(e) for e in result.errors]
+    policy = result.policy
+    assert policy is not None
+    assert [str(e) for e in policy.allow.prefixes] == ["198.51.100.0/24"]
+    assert [g.name for g in policy.protect] == ["web"]
+    assert policy.limits.udp.pps == 50_000
+    assert policy.control.group is None  # null is a value here: root only
