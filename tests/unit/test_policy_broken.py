@@ -180,6 +180,10 @@ CASES = [
     Case("not UTF-8", {"policy.yaml": b"interfaces: [eth0]\nmode: enforce\xff\n"},
          ["policy.yaml:2:14: not valid UTF-8 text"]),
     Case("missing policy file", {}, ["policy.yaml:1:1: no such file"]),
+    Case("policy path is a directory", {"policy.yaml/x": ""},
+         ["policy.yaml:1:1: is a directory, not a file"]),
+    Case("prefix file is a directory", {"policy.yaml": BASE + "allow:\n  files: [lists]\n", "lists/a": ""},
+         ["policy.yaml:3:11: allow.files[0]: lists is a directory, not a prefix file"]),
     # --- includes ---------------------------------------------------------------------------------
     Case("group defined in two files", {
         "policy.yaml": BASE + "include: [conf.d/*.yaml]\n"
