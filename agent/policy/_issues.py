@@ -73,7 +73,3 @@ class PolicyIssue:
         kind = "warning: " if self.severity == "warning" else ""
         return f"{where}{path}{kind}{self.message}"
 
-
-def sort_key(issue: PolicyIssue) -> tuple[str, int, int, str]:
-    """Order issues by place so output reads top to bottom, file by file."""
-    return (issue.file, issue.line, issue.column, issue.message)

@@ -226,14 +226,13 @@ class PolicyWatcher:
         rescan = False
         for wd, mask, name in self._inotify.read():
             directory = self._wds.get(wd)
-            if mask & IN_IGNORED:
-                # The kernel dropped the watch (directory deleted or unmounted).
-                if directory is not None:
-                    self._dirs.pop(directory, None)
-                    self._wds.pop(wd, None)
-                rescan = relevant = True
-                continue
             if directory is None:
+                continue  # includes IN_IGNORED for a watch that _rescan removed on purpose
+            if mask & IN_IGNORED:
+                # The kernel dropped the watch: the directory was deleted or unmounted.
+                self._dirs.pop(directory, None)
+                self._wds.pop(wd, None)
+                rescan = relevant = True
                 continue
             if mask & (IN_DELETE_SELF | IN_MOVE_SELF):
                 rescan = relevant = True

@@ -144,6 +144,8 @@ def test_update_follows_a_new_file_list(layout: Path, watcher: PolicyWatcher, cl
     assert reloads(watcher, clock).count(True) == 1
     result = load_policy(layout / "policy.yaml")
     watcher.update(result.files, result.include_globs)
+    # Dropping the conf.d watch is not itself a change.
+    assert reloads(watcher, clock) == [False] * 5
     (other / "allow.txt").write_text("10.0.0.0/8\n172.16.0.0/12\n")
     assert reloads(watcher, clock) == [False, False, True, False, False]
     # conf.d is no longer included: its files no longer count.
@@ -159,3 +161,12 @@ def test_a_conf_d_created_later_is_noticed(tmp_path: Path, clock: Clock) -> None
         assert reloads(watch, clock) == [False] * 5  # an empty directory changes nothing
         (tmp_path / "conf.d" / "x.yaml").write_text("mode: monitor\n")
         assert reloads(watch, clock) == [False, False, True, False, False]
+
+
+def test_deleting_a_watched_directory_reloads(layout: Path, watcher: PolicyWatcher, clock: Clock) -> None:
+    delete(layout)
+    (layout / "conf.d").rmdir()
+    assert reloads(watcher, clock) == [False, False, True, False, False]
+    (layout / "conf.d").mkdir()
+    new_glob_match(layout)
+    assert reloads(watcher, clock) == [False, False, True, False, False]
