@@ -296,7 +296,7 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> t
         out_values += values.raw[: n * value_size]
         total += n
         first = False
-        if done or n == 0:
+        if done or n == 0 or total >= max_entries:
             break
     return bytes(out_keys), bytes(out_values), total
 
