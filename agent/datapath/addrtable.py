@@ -18,13 +18,14 @@ Kernel side (bpf/maps.h):
   restart.
 
 Why this shape: ``floodguard bench prefixes`` measures it against an LPM trie
-and against one hash per prefix length, with varying addresses, at 1,000,000
-prefixes; a /24 array answers in one memory access and the host table is
-only consulted for /24s that need it.
+and against one hash per prefix length, with varying addresses; a /24 array
+answers in one memory access and the host table is only consulted for /24s
+that need it.
 
 Writes keep every lookup valid while they happen: new entries are written
 before anything points at them, host entries before the /24 slot says to
-look at them, and removals come last.
+look at them, and removals come last. Large changes (a policy load) take a
+vectorised path; single bans touch one entry, one host entry, one slot.
 """
 
 from __future__ import annotations
@@ -33,6 +34,7 @@ import ctypes as ct
 import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -42,6 +44,7 @@ from .errors import CapacityError
 from .maps import Maps
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 PrefixKey = tuple[int, int, int]  # (family 4|6, network as int, prefix length)
 # One origin's record about one prefix: (expires_ns, created_ns, flags, reason_id)
 Record = tuple[int, int, int, int]
@@ -49,11 +52,12 @@ Record = tuple[int, int, int, int]
 _DIR_SLOTS = 1 << abi.DIR4_BITS
 _HOST_BITS = 32 - abi.DIR4_BITS
 _FULL_REPAINT_SLOTS = 1 << 20
-_V4_MASK = (1 << 32) - 1
-_V6_MASK = (1 << 128) - 1
+_ENTRY_DTYPE = np.dtype(abi.SrcEntry)
+_FLAGS_OFF = abi.SrcEntry.flags.offset
 
 BAN_KINDS = (abi.SRC_BAN, abi.SRC_BAN_MONITOR)
 ALLOW_KINDS = (abi.SRC_ALLOW, abi.SRC_ALLOW_MONITOR)
+SRC, DST = 0, 1
 
 
 def prefix_key(net: IPNetwork) -> PrefixKey:
@@ -71,18 +75,15 @@ def _bits(fam: int) -> int:
     return 32 if fam == 4 else 128
 
 
-def _covers(outer: PrefixKey, inner: PrefixKey) -> bool:
-    fam, addr, plen = outer
-    if fam != inner[0] or plen > inner[2]:
-        return False
-    shift = _bits(fam) - plen
-    return (inner[1] >> shift) == (addr >> shift) if plen else True
-
-
 def _words(fam: int, addr: int) -> tuple[int, int, int, int]:
     """An address as the program's 4 x u32 in network order, read as little-endian words."""
     raw = addr.to_bytes(4 if fam == 4 else 16, "big").ljust(16, b"\0")
-    return tuple(int.from_bytes(raw[i : i + 4], "little") for i in (0, 4, 8, 12))  # type: ignore[return-value]
+    return (
+        int.from_bytes(raw[0:4], "little"),
+        int.from_bytes(raw[4:8], "little"),
+        int.from_bytes(raw[8:12], "little"),
+        int.from_bytes(raw[12:16], "little"),
+    )
 
 
 def _addr_from_words(fam: int, words: Any) -> int:
@@ -114,13 +115,8 @@ class _Entry:
     def empty(self) -> bool:
         return not any(self.ban) and not any(self.allow)
 
-    def records(self) -> Iterator[Record]:
-        for r in self.ban:
-            if r is not None:
-                yield r
-        for r in self.allow:
-            if r is not None:
-                yield r
+    def records(self) -> tuple[Record, ...]:
+        return tuple(r for r in (*self.ban, *self.allow) if r is not None)
 
 
 def merge(records: Iterable[Record], now: int) -> SrcState:
@@ -148,6 +144,74 @@ def merge(records: Iterable[Record], now: int) -> SrcState:
     )
 
 
+class _Lengths:
+    """Prefixes of one kind (source or destination) by (family, length)."""
+
+    def __init__(self) -> None:
+        self.by_len: dict[tuple[int, int], set[int]] = {}
+        self._desc: dict[int, list[int]] = {}
+
+    def add(self, key: PrefixKey) -> None:
+        fam, addr, plen = key
+        s = self.by_len.get((fam, plen))
+        if s is None:
+            self.by_len[(fam, plen)] = s = set()
+            self._desc.pop(fam, None)
+        s.add(addr)
+
+    def discard(self, key: PrefixKey) -> None:
+        fam, addr, plen = key
+        s = self.by_len.get((fam, plen))
+        if s is not None:
+            s.discard(addr)
+            if not s:
+                del self.by_len[(fam, plen)]
+                self._desc.pop(fam, None)
+
+    def lengths(self, fam: int) -> list[int]:
+        """Lengths in use, longest first."""
+        got = self._desc.get(fam)
+        if got is None:
+            got = sorted((p for f, p in self.by_len if f == fam), reverse=True)
+            self._desc[fam] = got
+        return got
+
+    def covering(self, fam: int, addr: int, max_len: int, min_len: int = 0) -> Iterator[PrefixKey]:
+        """Known prefixes covering addr/max_len (itself included), longest first."""
+        bits = _bits(fam)
+        for length in self.lengths(fam):
+            if length > max_len:
+                continue
+            if length < min_len:
+                break
+            shift = bits - length
+            a = (addr >> shift) << shift if length else 0
+            if a in self.by_len[(fam, length)]:
+                yield (fam, a, length)
+
+    def inside(self, key: PrefixKey) -> Iterator[PrefixKey]:
+        """Known prefixes strictly inside key."""
+        fam, addr, plen = key
+        bits = _bits(fam)
+        for length in self.lengths(fam):
+            if length <= plen:
+                continue
+            addrs = self.by_len[(fam, length)]
+            span = length - plen
+            if span <= 12 and (1 << span) < len(addrs):
+                step = 1 << (bits - length)
+                for i in range(1 << span):
+                    a = addr + i * step
+                    if a in addrs:
+                        yield (fam, a, length)
+            else:
+                shift = bits - plen
+                top = addr >> shift if plen else 0
+                for a in addrs:
+                    if plen == 0 or (a >> shift) == top:
+                        yield (fam, a, length)
+
+
 class AddressTable:
     """The model of the address maps, and the writer that keeps them in sync."""
 
@@ -159,15 +223,16 @@ class AddressTable:
         self._entry_size = ct.sizeof(abi.SrcEntry)
         self._entries_mm = self._entries_t.mmap()
         self._entries_base = ct.addressof(ct.c_char.from_buffer(self._entries_mm))
+        self.max_entries = self._entries_t.max_entries
+        self._rows = np.frombuffer(self._entries_mm, dtype=_ENTRY_DTYPE, count=self.max_entries)
         self._dir_mm = maps["dir4"].mmap()
         self._dir = np.frombuffer(self._dir_mm, dtype=np.uint64, count=_DIR_SLOTS)
-        self.max_entries = self._entries_t.max_entries
 
         self.src: dict[PrefixKey, _Entry] = {}
         self.dst: dict[PrefixKey, int] = {}
-        # prefixes by (family, length), for ancestor and descendant walks
-        self._by_len: dict[tuple[int, int], set[int]] = {}
-        # IPv4 prefixes longer than the /24 slots, per /24 block
+        self._src = _Lengths()
+        self._dst = _Lengths()
+        # IPv4 prefixes (of either kind) longer than the /24 slots, per /24 block
         self._long4: dict[int, set[PrefixKey]] = {}
         # what the kernel holds in host4 and lpm6, as we wrote it
         self._host4: dict[int, tuple[int, int]] = {}
@@ -180,59 +245,74 @@ class AddressTable:
     # --- lifetime ----------------------------------------------------------
 
     def close(self) -> None:
-        del self._dir
+        del self._rows, self._dir
         self._dir_mm.close()
         self._entries_mm.close()
 
-    def load_from_kernel(self) -> None:
+    def load_from_kernel(self) -> int:
         """Rebuild the source model from src_entries (after a restart).
 
         Destination prefixes are not stored in the kernel: the daemon sets
-        them from the policy before the first sync().
+        them from the policy before the first commit. Returns the number of
+        prefixes found.
         """
-        view = np.frombuffer(self._entries_mm, dtype=np.uint8, count=self.max_entries * self._entry_size)
-        rows = view.reshape(self.max_entries, self._entry_size)
-        family_off = abi.SrcEntry.family.offset
-        used = np.nonzero(rows[:, family_off])[0]
+        rows = self._rows
+        used = np.nonzero(rows["family"])[0]
+        used = used[used > 0]
         self.src.clear()
-        self._by_len.clear()
-        self._long4.clear()
-        for idx in used.tolist():
-            if idx == 0:
-                continue
-            e = abi.SrcEntry.from_buffer_copy(self._entries_mm, idx * self._entry_size)
-            key: PrefixKey = (int(e.family), _addr_from_words(e.family, e.addr), int(e.prefix_len))
+        self._src = _Lengths()
+        self._long4 = {}
+        for key in self.dst:
+            if key[0] == 4 and key[2] > abi.DIR4_BITS:
+                self._long4.setdefault(key[1] >> _HOST_BITS, set()).add(key)
+        fams = rows["family"][used].tolist()
+        plens = rows["prefix_len"][used].tolist()
+        addrs = rows["addr"][used].tolist()
+        bans = rows["ban"][used].tolist()
+        allows = rows["allow"][used].tolist()
+        for i, idx in enumerate(used.tolist()):
+            fam = fams[i]
+            key: PrefixKey = (fam, _addr_from_words(fam, addrs[i]), plens[i])
             ent = _Entry(idx)
             for o in range(abi.ORIGIN_MAX):
-                b, a = e.ban[o], e.allow[o]
-                if b.flags:
-                    ent.ban[o] = (int(b.expires), int(b.created), int(b.flags), int(b.reason))
-                if a.flags:
-                    ent.allow[o] = (int(a.expires), int(a.created), int(a.flags), int(a.reason))
+                b, a = bans[i][o], allows[i][o]
+                if b[2]:
+                    ent.ban[o] = (int(b[0]), int(b[1]), int(b[2]), int(b[3]))
+                if a[2]:
+                    ent.allow[o] = (int(a[0]), int(a[1]), int(a[2]), int(a[3]))
             self.src[key] = ent
-            self._index(key)
-        taken = {e.idx for e in self.src.values()}
+            self._index(key, SRC)
+        taken = set(used.tolist())
         self._next_idx = max(taken, default=0) + 1
-        self._free = [i for i in range(1, self._next_idx) if i not in taken]
+        self._free = [i for i in range(self._next_idx - 1, 0, -1) if i not in taken]
         self._synced = False
+        return len(self.src)
 
     # --- edits (nothing reaches the kernel before commit) ------------------
 
-    def set_record(self, net: IPNetwork | PrefixKey, kind: int, origin: int, record: Record | None) -> None:
-        """Set (or with None, remove) one origin's ban or allow record on a prefix."""
+    def set_record(self, net: IPNetwork | PrefixKey, kind: int, origin: int, record: Record | None) -> bool:
+        """Set (or with None, remove) one origin's ban or allow record on a
+        prefix. Returns whether anything changed."""
         key = net if isinstance(net, tuple) else prefix_key(net)
         ent = self.src.get(key)
         if ent is None:
             if record is None:
-                return
+                return False
             ent = _Entry(0)
             self.src[key] = ent
-            self._index(key)
+            self._index(key, SRC)
         slots = ent.ban if kind in BAN_KINDS else ent.allow
         if slots[origin] == record:
-            return
+            return False
         slots[origin] = record
         self._dirty.add(key)
+        return True
+
+    def get_record(self, key: PrefixKey, kind: int, origin: int) -> Record | None:
+        ent = self.src.get(key)
+        if ent is None:
+            return None
+        return (ent.ban if kind in BAN_KINDS else ent.allow)[origin]
 
     def replace_origin(
         self, origin: int, bans: dict[PrefixKey, Record], allows: dict[PrefixKey, Record]
@@ -241,17 +321,17 @@ class AddressTable:
 
         Returns the number of prefixes whose records changed.
         """
-        before = len(self._dirty)
+        changed = 0
         for key, ent in list(self.src.items()):
             if ent.ban[origin] is not None and key not in bans:
-                self.set_record(key, abi.SRC_BAN, origin, None)
+                changed += self.set_record(key, abi.SRC_BAN, origin, None)
             if ent.allow[origin] is not None and key not in allows:
-                self.set_record(key, abi.SRC_ALLOW, origin, None)
+                changed += self.set_record(key, abi.SRC_ALLOW, origin, None)
         for key, rec in bans.items():
-            self.set_record(key, abi.SRC_BAN, origin, rec)
+            changed += self.set_record(key, abi.SRC_BAN, origin, rec)
         for key, rec in allows.items():
-            self.set_record(key, abi.SRC_ALLOW, origin, rec)
-        return len(self._dirty) - before
+            changed += self.set_record(key, abi.SRC_ALLOW, origin, rec)
+        return changed
 
     def set_destinations(self, dst: dict[PrefixKey, int]) -> None:
         """Make the protected prefixes exactly these (prefix -> group id)."""
@@ -259,11 +339,11 @@ class AddressTable:
             if key not in dst:
                 del self.dst[key]
                 self._dirty.add(key)
-                self._maybe_unindex(key)
+                self._unindex(key, DST)
         for key, group in dst.items():
             if self.dst.get(key) != group:
                 if key not in self.dst:
-                    self._index(key)
+                    self._index(key, DST)
                 self.dst[key] = group
                 self._dirty.add(key)
 
@@ -279,11 +359,9 @@ class AddressTable:
 
     def expire(self, now: int) -> list[tuple[PrefixKey, int, int, Record]]:
         """Remove records whose expiry has passed; returns what was removed."""
-        gone = []
-        for key, kind, origin, rec in list(self.records()):
-            if rec[0] and rec[0] <= now:
-                self.set_record(key, kind, origin, None)
-                gone.append((key, kind, origin, rec))
+        gone = [r for r in self.records() if r[3][0] and r[3][0] <= now]
+        for key, kind, origin, _rec in gone:
+            self.set_record(key, kind, origin, None)
         return gone
 
     @property
@@ -292,24 +370,16 @@ class AddressTable:
 
     # --- lookups (the model's answer, as the program would give it) --------
 
-    def lookup(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[PrefixKey | None, PrefixKey | None]:
+    def lookup(self, addr: IPAddress) -> tuple[PrefixKey | None, PrefixKey | None]:
         """Longest source prefix and longest protected prefix covering addr."""
-        fam = addr.version
-        a = int(addr)
-        best_src = best_dst = None
-        for plen in range(_bits(fam), -1, -1):
-            if (fam, plen) not in self._by_len:
-                continue
-            shift = _bits(fam) - plen
-            net = (a >> shift) << shift if plen else 0
-            k = (fam, net, plen)
-            if best_src is None and k in self.src:
-                best_src = k
-            if best_dst is None and k in self.dst:
-                best_dst = k
-            if best_src and best_dst:
-                break
-        return best_src, best_dst
+        fam, a, bits = addr.version, int(addr), _bits(addr.version)
+        src = next(self._src.covering(fam, a, bits), None)
+        dst = next(self._dst.covering(fam, a, bits), None)
+        return src, dst
+
+    def covering_sources(self, addr: IPAddress) -> list[PrefixKey]:
+        """Every source prefix covering addr, longest first (for explain)."""
+        return list(self._src.covering(addr.version, int(addr), _bits(addr.version)))
 
     def effective(self, key: PrefixKey, now: int) -> SrcState:
         return merge(self._covering_records(key), now)
@@ -324,20 +394,16 @@ class AddressTable:
         self._lpm6 = {}
         for k, v in self._lpm6_t.items():
             self._lpm6[(_addr_from_words(6, k.addr), int(k.prefixlen))] = (int(v.src_entry), int(v.group))
-        for key in self.src:
-            self._dirty.add(key)
         self._commit(now, full=True)
         self._synced = True
 
     def commit(self, now: int) -> int:
         """Write pending edits; returns how many prefixes changed."""
-        if not self._synced:
-            n = len(self._dirty)
-            self.sync(now)
-            return n
         n = len(self._dirty)
-        if n:
-            self._commit(now, full=False)
+        if not self._synced:
+            self.sync(now)
+        elif n:
+            self._commit(now, full=n > max(2000, len(self.src) // 4))
         return n
 
     def _commit(self, now: int, full: bool) -> None:
@@ -346,46 +412,43 @@ class AddressTable:
 
         # 1. Which source entries need their effective state (re)written:
         #    the dirty ones and every source prefix inside a dirty one.
-        touched: set[PrefixKey] = set()
-        for key in dirty:
-            if key in self.src:
-                touched.add(key)
-            if key[2] < _bits(key[0]):
-                touched.update(k for k in self._descendants(key) if k in self.src)
-        removed = [k for k in touched if self.src[k].empty()]
+        touched: set[PrefixKey]
+        if full:
+            touched = set(self.src)
+        else:
+            touched = {k for k in dirty if k in self.src}
+            for key in dirty:
+                if key[2] < _bits(key[0]):
+                    touched.update(self._src.inside(key))
         freed: list[int] = []
-        for key in removed:
+        for key in [k for k in touched if self.src[k].empty()]:
             ent = self.src.pop(key)
             touched.discard(key)
-            self._maybe_unindex(key)
+            dirty.add(key)
+            self._unindex(key, SRC)
             if ent.idx:
                 freed.append(ent.idx)
-        for key in touched:
-            ent = self.src[key]
-            if ent.idx == 0:
-                ent.idx = self._alloc()
-            self._write_entry(key, ent, now)
+        self._write_entries(sorted(touched), now)
 
-        # 2. The lookup structures.
+        # 2. The lookup structures: additions, then slots, then removals.
         v4_dirty = [k for k in dirty if k[0] == 4]
         v6_dirty = [k for k in dirty if k[0] == 6]
-        host_adds, host_dels, blocks_gaining, blocks_losing = self._plan_host4(v4_dirty, full)
+        host_adds, host_dels = self._plan_host4(v4_dirty, full)
         lpm_adds, lpm_dels = self._plan_lpm6(v6_dirty, full)
-        if len(self._host4) + len(host_adds) > self._host4_t.max_entries:
+        if len(self._host4) + len(host_adds) - len(host_dels) > self._host4_t.max_entries:
             raise CapacityError(
-                f"host4 needs {len(self._host4) + len(host_adds)} entries, capacity is "
-                f"{self._host4_t.max_entries}: raise capacity.hosts4 in the policy and restart"
+                f"host4 needs {len(self._host4) + len(host_adds) - len(host_dels)} entries, capacity "
+                f"is {self._host4_t.max_entries}: raise capacity.hosts4 in the policy and restart"
             )
         self._write_host4(host_adds)
         self._write_lpm6(lpm_adds)
         self._write_dir4(v4_dirty, full)
         self._delete_host4(host_dels)
         self._delete_lpm6(lpm_dels)
-        del blocks_gaining, blocks_losing
         # 3. Entries nothing points at any more.
-        for idx in freed:
-            ct.memset(self._entries_base + idx * self._entry_size, 0, self._entry_size)
-            self._free.append(idx)
+        if freed:
+            self._rows[np.array(freed, dtype=np.int64)] = np.zeros(1, dtype=_ENTRY_DTYPE)
+            self._free.extend(freed)
 
     # --- entries -----------------------------------------------------------
 
@@ -403,117 +466,97 @@ class AddressTable:
 
     def _covering_records(self, key: PrefixKey) -> Iterator[Record]:
         fam, addr, plen = key
-        bits = _bits(fam)
-        for length in range(plen, -1, -1):
-            if (fam, length) not in self._by_len:
-                continue
-            shift = bits - length
-            k = (fam, (addr >> shift) << shift if length else 0, length)
-            ent = self.src.get(k)
-            if ent is not None:
-                yield from ent.records()
+        for k in self._src.covering(fam, addr, plen):
+            yield from self.src[k].records()
 
-    def _write_entry(self, key: PrefixKey, ent: _Entry, now: int) -> None:
-        st = merge(self._covering_records(key), now)
-        e = abi.SrcEntry()
-        e.ban_expires = st.ban_expires
-        e.ban_monitor_expires = st.ban_monitor_expires
-        e.allow_expires = st.allow_expires
-        e.allow_monitor_expires = st.allow_monitor_expires
-        e.flags = st.flags
-        e.family = key[0]
-        e.prefix_len = key[2]
-        e.addr[:] = _words(key[0], key[1])
-        for o in range(abi.ORIGIN_MAX):
-            for slot, rec in ((e.ban[o], ent.ban[o]), (e.allow[o], ent.allow[o])):
-                if rec is not None:
-                    slot.expires, slot.created, slot.flags, slot.reason = rec
-        base = self._entries_base + ent.idx * self._entry_size
-        cur = abi.SrcEntry.from_address(base)
-        if cur.family:
-            # In place: drop flags that go away first, so that no reader
-            # combines an old flag with a new expiry; add new flags last.
-            cur.flags = cur.flags & e.flags
-            tail = ct.sizeof(abi.SrcEntry) - abi.SrcEntry.flags.offset - 4
-            ct.memmove(base, ct.addressof(e), abi.SrcEntry.flags.offset)
-            ct.memmove(base + abi.SrcEntry.flags.offset + 4, ct.addressof(e) + abi.SrcEntry.flags.offset + 4, tail)
-            cur.flags = e.flags
-        else:
-            ct.memmove(base, ct.addressof(e), self._entry_size)
+    def _write_entries(self, keys: list[PrefixKey], now: int) -> None:
+        """Write entries (effective state, prefix, own records) in one go.
+
+        Existing entries change in place: their flags are first reduced to
+        the flags kept, so no reader pairs an old flag with a new expiry;
+        the new flags land with the full rows.
+        """
+        if not keys:
+            return
+        n = len(keys)
+        idxs = np.empty(n, dtype=np.int64)
+        rows = np.zeros(n, dtype=_ENTRY_DTYPE)
+        fams = np.empty(n, dtype=np.uint8)
+        plens = np.empty(n, dtype=np.uint8)
+        addrs = np.empty((n, 4), dtype=np.uint32)
+        eff = np.empty((n, 5), dtype=np.uint64)
+        ban_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
+        allow_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
+        merged = _merge_cached
+        has_shorter = {fam: self._src.lengths(fam) for fam in (4, 6)}
+        for i, key in enumerate(keys):
+            ent = self.src[key]
+            if ent.idx == 0:
+                ent.idx = self._alloc()
+            idxs[i] = ent.idx
+            fam, addr, plen = key
+            fams[i] = fam
+            plens[i] = plen
+            addrs[i] = _words(fam, addr)
+            own = ent.records()
+            lens = has_shorter[fam]
+            if lens and lens[-1] < plen:
+                st = merge(self._covering_records(key), now)
+            else:
+                st = merged(own, now)
+            eff[i] = (st.ban_expires, st.ban_monitor_expires, st.allow_expires, st.allow_monitor_expires, st.flags)
+            for o in range(abi.ORIGIN_MAX):
+                if ent.ban[o] is not None:
+                    ban_rows[o].append((i, ent.ban[o]))  # type: ignore[arg-type]
+                if ent.allow[o] is not None:
+                    allow_rows[o].append((i, ent.allow[o]))  # type: ignore[arg-type]
+        rows["ban_expires"] = eff[:, 0]
+        rows["ban_monitor_expires"] = eff[:, 1]
+        rows["allow_expires"] = eff[:, 2]
+        rows["allow_monitor_expires"] = eff[:, 3]
+        rows["flags"] = eff[:, 4]
+        rows["family"] = fams
+        rows["prefix_len"] = plens
+        rows["addr"] = addrs
+        rec_dtype = _ENTRY_DTYPE["ban"].base
+        for field, per_origin in (("ban", ban_rows), ("allow", allow_rows)):
+            for o, items in enumerate(per_origin):
+                if items:
+                    where = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
+                    rows[field][where, o] = np.array([r for _, r in items], dtype=rec_dtype)
+        cur = self._rows[idxs]
+        live = cur["family"] != 0
+        if live.any():
+            keep = cur["flags"][live] & rows["flags"][live]
+            self._rows["flags"][idxs[live]] = keep
+        self._rows[idxs] = rows
 
     # --- indexes -----------------------------------------------------------
 
-    def _index(self, key: PrefixKey) -> None:
+    def _index(self, key: PrefixKey, kind: int) -> None:
+        (self._src if kind == SRC else self._dst).add(key)
         fam, addr, plen = key
-        self._by_len.setdefault((fam, plen), set()).add(addr)
         if fam == 4 and plen > abi.DIR4_BITS:
             self._long4.setdefault(addr >> _HOST_BITS, set()).add(key)
 
-    def _maybe_unindex(self, key: PrefixKey) -> None:
-        if key in self.src or key in self.dst:
-            return
+    def _unindex(self, key: PrefixKey, kind: int) -> None:
+        (self._src if kind == SRC else self._dst).discard(key)
         fam, addr, plen = key
-        s = self._by_len.get((fam, plen))
-        if s is not None:
-            s.discard(addr)
-            if not s:
-                del self._by_len[(fam, plen)]
-        if fam == 4 and plen > abi.DIR4_BITS:
+        if fam == 4 and plen > abi.DIR4_BITS and key not in self.src and key not in self.dst:
             b = self._long4.get(addr >> _HOST_BITS)
             if b is not None:
                 b.discard(key)
                 if not b:
                     del self._long4[addr >> _HOST_BITS]
 
-    def _descendants(self, key: PrefixKey) -> Iterator[PrefixKey]:
-        """Known prefixes strictly inside key."""
-        fam, addr, plen = key
-        bits = _bits(fam)
-        for (f, length), addrs in self._by_len.items():
-            if f != fam or length <= plen:
-                continue
-            span = length - plen
-            if span <= 12 and (1 << span) < len(addrs):
-                step = 1 << (bits - length)
-                for i in range(1 << span):
-                    a = addr + i * step
-                    if a in addrs:
-                        yield (fam, a, length)
-            else:
-                shift = bits - plen
-                for a in addrs:
-                    if plen == 0 or (a >> shift) == (addr >> shift):
-                        yield (fam, a, length)
-
     # --- answers for a prefix node -----------------------------------------
 
-    def _idx_of(self, key: PrefixKey | None) -> int:
-        if key is None:
-            return 0
-        ent = self.src.get(key)
-        return ent.idx if ent is not None else 0
-
-    def _answer(self, key: PrefixKey, min_len: int = 0) -> tuple[int, int]:
-        """(src entry index, group) of the longest src/dst prefixes covering
-        key (itself included) with length >= min_len."""
-        fam, addr, plen = key
-        bits = _bits(fam)
-        src_idx = group = 0
-        found_src = found_dst = False
-        for length in range(plen, min_len - 1, -1):
-            if (fam, length) not in self._by_len:
-                continue
-            shift = bits - length
-            k = (fam, (addr >> shift) << shift if length else 0, length)
-            if not found_src:
-                ent = self.src.get(k)
-                if ent is not None:
-                    src_idx, found_src = ent.idx, True
-            if not found_dst and k in self.dst:
-                group, found_dst = self.dst[k], True
-            if found_src and found_dst:
-                break
-        return src_idx, group
+    def _answer(self, fam: int, addr: int, plen: int) -> tuple[int, int]:
+        """(src entry index, group) of the longest source and destination
+        prefixes covering addr/plen, itself included."""
+        s = next(self._src.covering(fam, addr, plen), None)
+        d = next(self._dst.covering(fam, addr, plen), None)
+        return (self.src[s].idx if s else 0, self.dst[d] if d else 0)
 
     # --- IPv4: host table --------------------------------------------------
 
@@ -521,22 +564,18 @@ class AddressTable:
         """Desired host4 entries of one /24: every address covered by a
         prefix longer than /24, answered over all prefixes."""
         out: dict[int, tuple[int, int]] = {}
-        for key in self._long4.get(block, ()):
-            _, addr, plen = key
-            for i in range(1 << (32 - plen)):
-                a = addr + i
+        for _fam, addr, plen in self._long4.get(block, ()):
+            for a in range(addr, addr + (1 << (32 - plen))):
                 if a not in out:
-                    out[a] = self._answer((4, a, 32))
+                    out[a] = self._answer(4, a, 32)
         return out
 
-    def _plan_host4(
-        self, v4_dirty: list[PrefixKey], full: bool
-    ) -> tuple[dict[int, tuple[int, int]], list[int], set[int], set[int]]:
+    def _plan_host4(self, v4_dirty: list[PrefixKey], full: bool) -> tuple[dict[int, tuple[int, int]], list[int]]:
         if full:
             blocks = set(self._long4) | {a >> _HOST_BITS for a in self._host4}
         else:
             blocks = set()
-            for fam, addr, plen in v4_dirty:
+            for _fam, addr, plen in v4_dirty:
                 if plen > abi.DIR4_BITS:
                     blocks.add(addr >> _HOST_BITS)
                 else:
@@ -546,66 +585,84 @@ class AddressTable:
                         blocks.update(b for b in range(first, last) if b in self._long4)
                     else:
                         blocks.update(b for b in self._long4 if first <= b < last)
+                    blocks.update(a >> _HOST_BITS for a in self._host_in(first, last))
         adds: dict[int, tuple[int, int]] = {}
         dels: list[int] = []
-        gaining: set[int] = set()
-        losing: set[int] = set()
-        by_block: dict[int, list[int]] = {}
-        for a in self._host4:
-            b = a >> _HOST_BITS
-            if b in blocks:
-                by_block.setdefault(b, []).append(a)
+        have_by_block: dict[int, list[int]] = {}
+        if full or len(blocks) > 64:
+            for a in self._host4:
+                b = a >> _HOST_BITS
+                if b in blocks:
+                    have_by_block.setdefault(b, []).append(a)
+        else:
+            for b in blocks:
+                base = b << _HOST_BITS
+                have_by_block[b] = [a for a in range(base, base + 256) if a in self._host4]
         for b in blocks:
             want = self._block_hosts(b)
-            have = by_block.get(b, [])
-            if want and not have:
-                gaining.add(b)
-            if have and not want:
-                losing.add(b)
             for a, v in want.items():
                 if self._host4.get(a) != v:
                     adds[a] = v
-            dels.extend(a for a in have if a not in want)
-        return adds, dels, gaining, losing
+            dels.extend(a for a in have_by_block.get(b, ()) if a not in want)
+        return adds, dels
+
+    def _host_in(self, first_block: int, last_block: int) -> Iterator[int]:
+        """Host entries we wrote inside [first_block, last_block)."""
+        if last_block - first_block <= 64:
+            for b in range(first_block, last_block):
+                base = b << _HOST_BITS
+                for a in range(base, base + 256):
+                    if a in self._host4:
+                        yield a
+        else:
+            lo, hi = first_block << _HOST_BITS, last_block << _HOST_BITS
+            yield from (a for a in self._host4 if lo <= a < hi)
 
     def _write_host4(self, adds: dict[int, tuple[int, int]]) -> None:
         if not adds:
             return
-        pairs = []
-        for a, (idx, group) in adds.items():
-            k = ct.c_uint32(_words(4, a)[0])
-            pairs.append((k, abi.AddrInfo(src_entry=idx, group=group)))
-        self._host4_t.update_many(pairs)
+        n = len(adds)
+        keys = np.fromiter((a for a in adds), dtype=np.uint32, count=n).byteswap()
+        vals = np.zeros(n, dtype=np.dtype(abi.AddrInfo))
+        vals["src_entry"] = np.fromiter((v[0] for v in adds.values()), dtype=np.uint32, count=n)
+        vals["group"] = np.fromiter((v[1] for v in adds.values()), dtype=np.uint16, count=n)
+        from . import _bpfsys
+
+        _bpfsys.update_batch(self._host4_t.fd, keys.tobytes(), vals.tobytes(), n)
         self._host4.update(adds)
 
     def _delete_host4(self, dels: list[int]) -> None:
         if not dels:
             return
-        self._host4_t.delete_many([ct.c_uint32(_words(4, a)[0]) for a in dels])
+        from . import _bpfsys
+
+        keys = np.array(dels, dtype=np.uint32).byteswap()
+        _bpfsys.delete_batch(self._host4_t.fd, keys.tobytes(), len(dels))
         for a in dels:
             self._host4.pop(a, None)
 
     # --- IPv4: /24 slots ---------------------------------------------------
 
     def _write_dir4(self, v4_dirty: list[PrefixKey], full: bool) -> None:
-        ranges: list[tuple[int, int]] = []
+        ranges: dict[int, int] = {}
         total = 0
         if not full:
             for _fam, addr, plen in v4_dirty:
                 length = min(plen, abi.DIR4_BITS)
-                first = (addr >> _HOST_BITS) >> (abi.DIR4_BITS - length) << (abi.DIR4_BITS - length)
                 n = 1 << (abi.DIR4_BITS - length)
-                ranges.append((first, n))
-                total += n
+                first = (addr >> _HOST_BITS) & ~(n - 1)
+                if ranges.get(first, 0) < n:
+                    total += n
+                    ranges[first] = n
         if full or total > _FULL_REPAINT_SLOTS:
             want = self._paint(0, _DIR_SLOTS)
-            diff = np.nonzero(self._dir != want)[0]
+            diff = np.flatnonzero(self._dir != want)
             self._dir[diff] = want[diff]
             return
-        for first, n in ranges:
+        for first, n in ranges.items():
             want = self._paint(first, n)
             cur = self._dir[first : first + n]
-            diff = np.nonzero(cur != want)[0]
+            diff = np.flatnonzero(cur != want)
             cur[diff] = want[diff]
 
     def _paint(self, first: int, n: int) -> np.ndarray[Any, Any]:
@@ -614,33 +671,36 @@ class AddressTable:
         grp = np.zeros(n, dtype=np.uint64)
         range_len = abi.DIR4_BITS - (n.bit_length() - 1)
         last = first + n
-        for length in range(0, abi.DIR4_BITS + 1):
-            addrs = self._by_len.get((4, length))
-            if not addrs:
-                continue
-            span = 1 << (abi.DIR4_BITS - length)
-            if length <= range_len:
-                # at most one prefix of this length covers the range
-                shift = 32 - length
-                a = ((first << _HOST_BITS) >> shift) << shift if length else 0
-                cands: Iterable[int] = (a,) if a in addrs else ()
-            else:
-                cands = (a for a in addrs if first <= (a >> _HOST_BITS) < last)
-            for a in cands:
-                k = (4, a, length)
-                lo = max((a >> _HOST_BITS) - first, 0)
-                hi = min(lo + span, n)
-                ent = self.src.get(k)
-                if ent is not None:
-                    src[lo:hi] = ent.idx
-                g = self.dst.get(k)
-                if g is not None:
-                    grp[lo:hi] = g
+        for kind, lens in ((SRC, self._src), (DST, self._dst)):
+            target = src if kind == SRC else grp
+            for length in sorted(p for f, p in lens.by_len if f == 4 and p <= abi.DIR4_BITS):
+                addrs = lens.by_len[(4, length)]
+                span = 1 << (abi.DIR4_BITS - length)
+                if length <= range_len:
+                    shift = 32 - length
+                    a = ((first << _HOST_BITS) >> shift) << shift if length else 0
+                    if a in addrs:
+                        target[:] = self._value(kind, (4, a, length))
+                    continue
+                starts = np.fromiter((a >> _HOST_BITS for a in addrs), dtype=np.int64, count=len(addrs))
+                vals = np.fromiter(
+                    (self._value(kind, (4, a, length)) for a in addrs), dtype=np.uint64, count=len(addrs)
+                )
+                inside = (starts >= first) & (starts < last)
+                starts, vals = starts[inside] - first, vals[inside]
+                if span == 1:
+                    target[starts] = vals
+                else:
+                    pos = (starts[:, None] + np.arange(span, dtype=np.int64)).ravel()
+                    target[pos] = np.repeat(vals, span)
         want = src | (grp << np.uint64(32))
-        for b in self._long4:
-            if first <= b < last:
-                want[b - first] |= np.uint64(abi.ADDR_HOSTS << 48)
+        blocks = [b - first for b in self._long4 if first <= b < last]
+        if blocks:
+            want[np.array(blocks, dtype=np.int64)] |= np.uint64(abi.ADDR_HOSTS << 48)
         return want
+
+    def _value(self, kind: int, key: PrefixKey) -> int:
+        return self.src[key].idx if kind == SRC else self.dst[key]
 
     # --- IPv6 --------------------------------------------------------------
 
@@ -648,26 +708,27 @@ class AddressTable:
         self, v6_dirty: list[PrefixKey], full: bool
     ) -> tuple[dict[tuple[int, int], tuple[int, int]], list[tuple[int, int]]]:
         if full:
-            nodes = {(a, p) for (f, p), addrs in self._by_len.items() if f == 6 for a in addrs}
-            consider = nodes | set(self._lpm6)
+            consider = {(a, p) for k in (self._src, self._dst) for (f, p), s in k.by_len.items() if f == 6 for a in s}
+            consider |= set(self._lpm6)
         else:
             consider = set()
             for key in v6_dirty:
                 consider.add((key[1], key[2]))
-                consider.update((k[1], k[2]) for k in self._descendants(key))
+                for k in (*self._src.inside(key), *self._dst.inside(key)):
+                    consider.add((k[1], k[2]))
         adds: dict[tuple[int, int], tuple[int, int]] = {}
         dels: list[tuple[int, int]] = []
         for a, p in consider:
             key = (6, a, p)
             if key in self.src or key in self.dst:
-                v = self._answer(key)
+                v = self._answer(6, a, p)
                 if self._lpm6.get((a, p)) != v:
                     adds[(a, p)] = v
             elif (a, p) in self._lpm6:
                 dels.append((a, p))
-        if len(self._lpm6) + len(adds) > self._lpm6_t.max_entries:
+        if len(self._lpm6) + len(adds) - len(dels) > self._lpm6_t.max_entries:
             raise CapacityError(
-                f"lpm6 needs {len(self._lpm6) + len(adds)} entries, capacity is "
+                f"lpm6 needs {len(self._lpm6) + len(adds) - len(dels)} entries, capacity is "
                 f"{self._lpm6_t.max_entries}: raise capacity.prefixes6 in the policy and restart"
             )
         return adds, dels
@@ -679,12 +740,9 @@ class AddressTable:
         return k
 
     def _write_lpm6(self, adds: dict[tuple[int, int], tuple[int, int]]) -> None:
-        if not adds:
-            return
-        pairs = [(self._lpm_key(a, p), abi.AddrInfo(src_entry=i, group=g)) for (a, p), (i, g) in adds.items()]
-        # The LPM trie has no batch update before 6.x on every kernel; one by one is safe.
-        for k, v in pairs:
-            self._lpm6_t.set(k, v)
+        # LPM tries have no batch update: one by one.
+        for (a, p), (i, g) in adds.items():
+            self._lpm6_t.set(self._lpm_key(a, p), abi.AddrInfo(src_entry=i, group=g))
         self._lpm6.update(adds)
 
     def _delete_lpm6(self, dels: list[tuple[int, int]]) -> None:
@@ -694,7 +752,7 @@ class AddressTable:
 
     # --- reading back (tests, explain) -------------------------------------
 
-    def kernel_answer(self, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[int, int]:
+    def kernel_answer(self, addr: IPAddress) -> tuple[int, int]:
         """(src entry, group) as the kernel structures answer for addr."""
         if addr.version == 4:
             a = int(addr)
@@ -704,7 +762,6 @@ class AddressTable:
                 if got is not None:
                     return int(got.src_entry), int(got.group)
             return slot & 0xFFFFFFFF, (slot >> 32) & 0xFFFF
-        # the trie answers the longest match for a /128 key
         got = self._lpm6_t.get(self._lpm_key(int(addr), 128))
         if got is None:
             return 0, 0
@@ -712,3 +769,12 @@ class AddressTable:
 
     def entry(self, idx: int) -> abi.SrcEntry:
         return abi.SrcEntry.from_buffer_copy(self._entries_mm, idx * self._entry_size)
+
+    def index_of(self, key: PrefixKey) -> int:
+        ent = self.src.get(key)
+        return ent.idx if ent is not None else 0
+
+
+@lru_cache(maxsize=4096)
+def _merge_cached(records: tuple[Record, ...], now_bucket: int) -> SrcState:
+    return merge(records, now_bucket)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import ctypes as ct
 import ipaddress
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -167,14 +167,6 @@ class MapPort:
             g.flags |= abi.GROUP_SYN_AUTH
             g.syn_auth_expires = expires_ns
         self.maps["groups"].set(gid, g)
-
-    def clear_groups(self, keep: Iterable[int]) -> None:
-        """Zero every group not in keep (after a policy change removed some)."""
-        keep_set = set(keep)
-        zero = abi.Group()
-        for gid in range(self.maps["groups"].max_entries):
-            if gid not in keep_set and self.read_group(gid).flags | self.read_group(gid).base[0].pkt_cost_ns:
-                self.maps["groups"].set(gid, zero)
 
     # --- rules ----------------------------------------------------------------
 

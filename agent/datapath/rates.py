@@ -18,8 +18,9 @@ FULL_FRAME = 1514
 
 def make_rate(pps: int = 0, bps: int = 0, burst: int = 0) -> abi.Rate:
     """A rate of `pps` packets/s and `bps` bits/s (0 = unlimited in that
-    dimension), letting `burst` packets (and `burst` full-size frames worth of
-    bytes) through at once; the default burst is 1/10 s of the rate."""
+    dimension). `burst` packets may pass at once; the byte bucket allows the
+    same burst time (burst / pps seconds, or `burst` full-size frames when
+    only bps is set). The default burst is 1/10 s of the rate."""
     r = abi.Rate()
     if pps:
         r.pkt_cost_ns = max(1, round(NS / pps))
@@ -28,8 +29,12 @@ def make_rate(pps: int = 0, bps: int = 0, burst: int = 0) -> abi.Rate:
     if bps:
         per_byte_ns = 8 * NS / bps
         r.byte_cost_fp = max(1, round(per_byte_ns * (1 << abi.BYTE_COST_SHIFT)))
-        frames = burst or max(1, (bps // 8 // FULL_FRAME) // 10)
-        r.byte_tolerance_ns = max(round(frames * FULL_FRAME * per_byte_ns), MIN_TOLERANCE_NS)
+        if pps:
+            burst_ns = (burst or max(1, pps // 10)) * NS / pps
+        else:
+            frames = burst or max(1, (bps // 8 // FULL_FRAME) // 10)
+            burst_ns = frames * FULL_FRAME * per_byte_ns
+        r.byte_tolerance_ns = max(round(burst_ns), MIN_TOLERANCE_NS)
     return r
 
 

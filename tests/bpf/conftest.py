@@ -14,7 +14,7 @@ from harness import Harness
 
 # Small maps: the tests need behaviour, not capacity; the bench uses full sizes.
 TEST_CAPACITY = Capacity(
-    src_entries=4096, hosts4=4096, prefixes6=1024, groups=16, sources4=4096, sources6=1024,
+    src_entries=4096, hosts4=65536, prefixes6=1024, groups=16, sources4=4096, sources6=1024,
     destinations=1024, verified=1024, sample_pages=16,
 )
 

@@ -1,0 +1,163 @@
+"""The address table against the kernel: for random sets of nested source
+and destination prefixes, the kernel structures (dir4, host4, lpm6,
+src_entries) give the same answer as a brute-force longest-prefix match,
+through incremental edits, origin replacement and a rebuild from the pins.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import random
+
+from agent.datapath import abi
+from agent.datapath.addrtable import AddressTable, PrefixKey, merge
+from harness import Harness, now_ns
+
+ORIGINS = list(abi.Origin)
+
+
+def rand_prefix(rng: random.Random, fam: int) -> PrefixKey:
+    if fam == 4:
+        # Cluster inside 10.0.0.0/12 so that prefixes nest and collide.
+        plen = rng.choice([8, 12, 16, 20, 22, 24, 24, 25, 28, 30, 31, 32, 32, 32])
+        addr = (10 << 24) | rng.randrange(1 << 20)
+        bits = 32
+    else:
+        plen = rng.choice([32, 40, 48, 56, 64, 64, 96, 128])
+        addr = (0x20010DB8 << 96) | (rng.randrange(1 << 16) << 80) | rng.randrange(1 << 64)
+        bits = 128
+    if plen < 12 and fam == 4:
+        plen = 12 if rng.random() < 0.5 else plen
+    addr = (addr >> (bits - plen)) << (bits - plen) if plen else 0
+    return (fam, addr, plen)
+
+
+def covers(p: PrefixKey, fam: int, a: int) -> bool:
+    bits = 32 if fam == 4 else 128
+    return p[0] == fam and (p[2] == 0 or (a >> (bits - p[2])) == (p[1] >> (bits - p[2])))
+
+
+def brute(t: AddressTable, addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> tuple[PrefixKey | None, int]:
+    fam, a = addr.version, int(addr)
+    src = [p for p in t.src if covers(p, fam, a)]
+    dst = [p for p in t.dst if covers(p, fam, a)]
+    best_src = max(src, key=lambda p: p[2]) if src else None
+    best_dst = max(dst, key=lambda p: p[2]) if dst else None
+    return best_src, (t.dst[best_dst] if best_dst else 0)
+
+
+def probe_addresses(rng: random.Random, t: AddressTable, n: int) -> list[ipaddress.IPv4Address | ipaddress.IPv6Address]:
+    keys = list(t.src) + list(t.dst)
+    out: list[ipaddress.IPv4Address | ipaddress.IPv6Address] = []
+    for _ in range(n):
+        fam, addr, plen = rng.choice(keys)
+        bits = 32 if fam == 4 else 128
+        a = addr | rng.randrange(1 << (bits - plen)) if plen < bits else addr
+        out.append(ipaddress.ip_address(a) if fam == 4 else ipaddress.IPv6Address(a))
+    # and some near misses
+    for _ in range(n // 4):
+        out.append(ipaddress.IPv4Address((10 << 24) | rng.randrange(1 << 21)))
+    return out
+
+
+def check(t: AddressTable, rng: random.Random, now: int) -> int:
+    checked = 0
+    for addr in probe_addresses(rng, t, 400):
+        want_src, want_group = brute(t, addr)
+        got_idx, got_group = t.kernel_answer(addr)
+        assert got_group == want_group, f"{addr}: group {got_group}, want {want_group}"
+        if want_src is None:
+            assert got_idx == 0, f"{addr}: entry {got_idx}, want none"
+            continue
+        assert got_idx == t.index_of(want_src), f"{addr}: entry {got_idx}, want that of {want_src}"
+        e = t.entry(got_idx)
+        assert (e.family, e.prefix_len) == (want_src[0], want_src[2])
+        # effective state = merge of the records of every covering prefix
+        fam, a = addr.version, int(addr)
+        recs = [r for p, ent in t.src.items() if covers(p, fam, a) and p[2] <= want_src[2] for r in ent.records()]
+        st = merge(recs, now)
+        assert (e.flags, e.ban_expires, e.allow_expires) == (st.flags, st.ban_expires, st.allow_expires), addr
+        checked += 1
+    return checked
+
+
+def random_record(rng: random.Random, now: int) -> tuple[int, tuple[int, int, int, int]]:
+    kind = rng.choice([abi.SRC_BAN, abi.SRC_BAN, abi.SRC_ALLOW])
+    monitor = rng.random() < 0.2
+    flag = {abi.SRC_BAN: abi.SRC_BAN_MONITOR, abi.SRC_ALLOW: abi.SRC_ALLOW_MONITOR}[kind] if monitor else kind
+    expires = rng.choice([0, 0, now + 3600 * 10**9, now + rng.randrange(1, 10**12)])
+    return kind, (expires, now, flag, 0)
+
+
+def test_random_nested_prefixes_match_brute_force(h: Harness) -> None:
+    seed = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    t = h.port.addresses
+    now = now_ns()
+    for _ in range(300):
+        fam = 4 if rng.random() < 0.75 else 6
+        kind, rec = random_record(rng, now)
+        t.set_record(rand_prefix(rng, fam), kind, rng.choice(ORIGINS), rec)
+    dst = {rand_prefix(rng, 4 if rng.random() < 0.75 else 6): rng.randrange(1, 15) for _ in range(60)}
+    t.set_destinations(dst)
+    t.commit(now)
+    assert check(t, rng, now) > 100
+
+    # Incremental edits: remove and add records and destinations, small batches.
+    for _round in range(8):
+        for _ in range(15):
+            key = rng.choice(list(t.src))
+            ent = t.src[key]
+            o = rng.choice(ORIGINS)
+            t.set_record(key, abi.SRC_BAN if ent.ban[o] else abi.SRC_ALLOW, o, None)
+            fam = 4 if rng.random() < 0.75 else 6
+            kind, rec = random_record(rng, now)
+            t.set_record(rand_prefix(rng, fam), kind, rng.choice(ORIGINS), rec)
+        d = dict(t.dst)
+        for k in rng.sample(list(d), 3):
+            del d[k]
+        for _ in range(3):
+            d[rand_prefix(rng, 4)] = rng.randrange(1, 15)
+        t.set_destinations(d)
+        t.commit(now)
+        check(t, rng, now)
+
+    # One origin replaced wholesale leaves the others alone.
+    operator_before = {(k, kind): r for k, kind, _o, r in t.records(abi.Origin.OPERATOR)}
+    t.replace_origin(abi.Origin.POLICY, {rand_prefix(rng, 4): (0, 0, abi.SRC_BAN, 0) for _ in range(20)}, {})
+    t.commit(now)
+    assert {(k, kind): r for k, kind, _o, r in t.records(abi.Origin.OPERATOR)} == operator_before
+    check(t, rng, now)
+
+    # A restarted daemon rebuilds the model from the kernel and rewrites nothing.
+    before = {k: (e.idx, e.records()) for k, e in t.src.items()}
+    dsts = dict(t.dst)
+    fresh = AddressTable(h.maps)
+    try:
+        assert fresh.load_from_kernel() == len(before)
+        assert {k: (e.idx, e.records()) for k, e in fresh.src.items()} == before
+        fresh.set_destinations(dsts)
+        fresh.sync(now)
+        check(fresh, rng, now)
+    finally:
+        fresh.close()
+
+
+def test_removing_everything_clears_the_kernel(h: Harness) -> None:
+    t = h.port.addresses
+    now = now_ns()
+    keys = [(4, (10 << 24) | (i << 8), 24) for i in range(50)] + [(4, (11 << 24) | i, 32) for i in range(50)]
+    for k in keys:
+        t.set_record(k, abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    t.set_destinations({(4, 12 << 24, 8): 3, (6, 0x20010DB8 << 96, 32): 2})
+    t.commit(now)
+    assert h.port.count_entries("host4") == 50
+    assert t.kernel_answer(ipaddress.ip_address("12.1.2.3")) == (0, 3)
+    t.replace_origin(abi.Origin.OPERATOR, {}, {})
+    t.set_destinations({})
+    t.commit(now)
+    assert t.src == {} and h.port.count_entries("host4") == 0 and h.port.count_entries("lpm6") == 0
+    assert not t._dir.any()
+    assert not h.maps["src_entries"].read_raw()[1].strip(b"\0")
