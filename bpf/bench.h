@@ -35,10 +35,10 @@
 /* The packet counter that drives the rewrite. Bench builds only; not pinned. */
 BPF_PERCPU_ARRAY(bench_seq, __u64, 1);
 
-static __always_inline void fg_bench_vary(void *data, void *data_end)
+/* BCC rewrites map method calls (bench_seq.lookup) only in the main source
+ * file, not in headers, so the program looks the counter up and passes it. */
+static __always_inline void fg_bench_vary(void *data, void *data_end, __u64 *seq)
 {
-	__u32 zero = 0;
-	__u64 *seq = bench_seq.lookup(&zero);
 	if (!seq)
 		return;
 	__u32 n = (__u32)(*seq)++;

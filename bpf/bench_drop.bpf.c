@@ -13,6 +13,8 @@ int xdp_drop(struct xdp_md *ctx)
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
 
-	fg_bench_vary(data, data_end);
+	__u32 zero = 0;
+
+	fg_bench_vary(data, data_end, bench_seq.lookup(&zero));
 	return XDP_DROP;
 }

@@ -282,7 +282,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 	__u32 zero = 0;
 
 #ifdef FG_BENCH
-	fg_bench_vary(data, data_end);
+	fg_bench_vary(data, data_end, bench_seq.lookup(&zero));
 #endif
 	/* Both are arrays of one: entry 0 always exists. */
 	struct fg_config *cfg = config.lookup(&zero);
