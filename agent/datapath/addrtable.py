@@ -428,9 +428,11 @@ class AddressTable:
             self._unindex(key, SRC)
             if ent.idx:
                 freed.append(ent.idx)
-        self._write_entries(sorted(touched), now)
-
-        # 2. The lookup structures: additions, then slots, then removals.
+        # Plan everything, and fail on capacity, before the first write.
+        for key in touched:
+            ent = self.src[key]
+            if ent.idx == 0:
+                ent.idx = self._alloc()
         v4_dirty = [k for k in dirty if k[0] == 4]
         v6_dirty = [k for k in dirty if k[0] == 6]
         host_adds, host_dels = self._plan_host4(v4_dirty, full)
@@ -440,6 +442,9 @@ class AddressTable:
                 f"host4 needs {len(self._host4) + len(host_adds) - len(host_dels)} entries, capacity "
                 f"is {self._host4_t.max_entries}: raise capacity.hosts4 in the policy and restart"
             )
+
+        # 2. Entries, then the lookup structures: additions, slots, removals.
+        self._write_entries(sorted(touched), now)
         self._write_host4(host_adds)
         self._write_lpm6(lpm_adds)
         self._write_dir4(v4_dirty, full)
@@ -479,37 +484,36 @@ class AddressTable:
         if not keys:
             return
         n = len(keys)
-        idxs = np.empty(n, dtype=np.int64)
+        ents = [self.src[k] for k in keys]
+        idxs = np.fromiter((e.idx for e in ents), dtype=np.int64, count=n)
         rows = np.zeros(n, dtype=_ENTRY_DTYPE)
-        fams = np.empty(n, dtype=np.uint8)
-        plens = np.empty(n, dtype=np.uint8)
-        addrs = np.empty((n, 4), dtype=np.uint32)
-        eff = np.empty((n, 5), dtype=np.uint64)
+        fams = np.fromiter((k[0] for k in keys), dtype=np.uint8, count=n)
+        plens = np.fromiter((k[2] for k in keys), dtype=np.uint8, count=n)
+        addrs = np.zeros((n, 4), dtype=np.uint32)
+        is4 = fams == 4
+        v4 = np.fromiter((k[1] if k[0] == 4 else 0 for k in keys), dtype=np.uint32, count=n)
+        # network order in memory = the host-order value byte-swapped
+        addrs[is4, 0] = v4[is4].byteswap()
+        for i in np.flatnonzero(~is4).tolist():
+            addrs[i] = _words(6, keys[i][1])
+        covered = self._has_ancestor4(v4, plens) & is4
+        covered |= ~is4  # IPv6: walk the few v6 lengths in use
+        eff_rows: list[tuple[int, int, int, int, int]] = []
         ban_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
         allow_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
         merged = _merge_cached
-        has_shorter = {fam: self._src.lengths(fam) for fam in (4, 6)}
-        for i, key in enumerate(keys):
-            ent = self.src[key]
-            if ent.idx == 0:
-                ent.idx = self._alloc()
-            idxs[i] = ent.idx
-            fam, addr, plen = key
-            fams[i] = fam
-            plens[i] = plen
-            addrs[i] = _words(fam, addr)
-            own = ent.records()
-            lens = has_shorter[fam]
-            if lens and lens[-1] < plen:
-                st = merge(self._covering_records(key), now)
-            else:
-                st = merged(own, now)
-            eff[i] = (st.ban_expires, st.ban_monitor_expires, st.allow_expires, st.allow_monitor_expires, st.flags)
+        walk = covered.tolist()
+        for i, ent in enumerate(ents):
+            st = merge(self._covering_records(keys[i]), now) if walk[i] else merged(ent.records(), now)
+            eff_rows.append(
+                (st.ban_expires, st.ban_monitor_expires, st.allow_expires, st.allow_monitor_expires, st.flags)
+            )
             for o in range(abi.ORIGIN_MAX):
                 if ent.ban[o] is not None:
                     ban_rows[o].append((i, ent.ban[o]))  # type: ignore[arg-type]
                 if ent.allow[o] is not None:
                     allow_rows[o].append((i, ent.allow[o]))  # type: ignore[arg-type]
+        eff = np.array(eff_rows, dtype=np.uint64).reshape(n, 5)
         rows["ban_expires"] = eff[:, 0]
         rows["ban_monitor_expires"] = eff[:, 1]
         rows["allow_expires"] = eff[:, 2]
@@ -530,6 +534,22 @@ class AddressTable:
             keep = cur["flags"][live] & rows["flags"][live]
             self._rows["flags"][idxs[live]] = keep
         self._rows[idxs] = rows
+
+    def _has_ancestor4(self, addrs: np.ndarray[Any, Any], plens: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """For each IPv4 prefix, whether a shorter source prefix covers it
+        (one vectorised membership test per length in use)."""
+        out = np.zeros(len(addrs), dtype=bool)
+        for length in self._src.lengths(4):
+            if length == 32:
+                continue
+            nets = self._src.by_len[(4, length)]
+            cand = plens > length
+            if not cand.any():
+                continue
+            mask = np.uint32(((1 << length) - 1) << (32 - length)) if length else np.uint32(0)
+            table = np.fromiter(nets, dtype=np.uint32, count=len(nets))
+            out |= cand & np.isin(addrs & mask, table)
+        return out
 
     # --- indexes -----------------------------------------------------------
 
@@ -644,31 +664,106 @@ class AddressTable:
     # --- IPv4: /24 slots ---------------------------------------------------
 
     def _write_dir4(self, v4_dirty: list[PrefixKey], full: bool) -> None:
-        ranges: dict[int, int] = {}
-        total = 0
-        if not full:
-            for _fam, addr, plen in v4_dirty:
-                length = min(plen, abi.DIR4_BITS)
-                n = 1 << (abi.DIR4_BITS - length)
-                first = (addr >> _HOST_BITS) & ~(n - 1)
-                if ranges.get(first, 0) < n:
-                    total += n
-                    ranges[first] = n
-        if full or total > _FULL_REPAINT_SLOTS:
-            want = self._paint(0, _DIR_SLOTS)
-            diff = np.flatnonzero(self._dir != want)
-            self._dir[diff] = want[diff]
+        if full:
+            if self._count_short4() + len(self._long4) > 4096:
+                self._repaint_all()
+                return
+            ranges = self._maximal_ranges()
+            for first, n in ranges:
+                self._repaint(first, n)
+            # Slots still set outside every range belonged to prefixes that
+            # are gone: cleared last.
+            stale = np.flatnonzero(self._dir)
+            if len(stale):
+                starts = np.array([f for f, _ in ranges], dtype=np.int64)
+                ends = starts + np.array([n for _, n in ranges], dtype=np.int64)
+                pos = np.searchsorted(starts, stale, side="right") - 1
+                inside = (pos >= 0) & (stale < ends[np.maximum(pos, 0)])
+                self._dir[stale[~inside]] = 0
             return
-        for first, n in ranges.items():
-            want = self._paint(first, n)
-            cur = self._dir[first : first + n]
+        ranges_d: dict[int, int] = {}
+        total = 0
+        for _fam, addr, plen in v4_dirty:
+            length = min(plen, abi.DIR4_BITS)
+            n = 1 << (abi.DIR4_BITS - length)
+            first = (addr >> _HOST_BITS) & ~(n - 1)
+            if ranges_d.get(first, 0) < n:
+                total += n
+                ranges_d[first] = n
+        if total > _FULL_REPAINT_SLOTS:
+            self._repaint_all()
+            return
+        for first, n in ranges_d.items():
+            self._repaint(first, n)
+
+    def _count_short4(self) -> int:
+        return sum(
+            len(a) for lens in (self._src, self._dst) for (f, p), a in lens.by_len.items()
+            if f == 4 and p <= abi.DIR4_BITS
+        )
+
+    def _maximal_ranges(self) -> list[tuple[int, int]]:
+        """Slot ranges of IPv4 prefixes not inside another one, sorted."""
+        cand: list[tuple[int, int]] = []
+        for lens in (self._src, self._dst):
+            for (f, length), addrs in lens.by_len.items():
+                if f != 4:
+                    continue
+                if length <= abi.DIR4_BITS:
+                    n = 1 << (abi.DIR4_BITS - length)
+                    cand.extend((a >> _HOST_BITS, n) for a in addrs)
+        cand.extend((b, 1) for b in self._long4)
+        cand.sort(key=lambda r: (r[0], -r[1]))
+        out: list[tuple[int, int]] = []
+        end = -1
+        for first, n in cand:
+            if first + n <= end:
+                continue
+            out.append((first, n))
+            end = first + n
+        return out
+
+    def _repaint(self, first: int, n: int) -> None:
+        src, grp = self._paint(first, n)
+        want = self._combine(first, src, grp)
+        cur = self._dir[first : first + n]
+        diff = np.flatnonzero(cur != want)
+        cur[diff] = want[diff]
+
+    def _repaint_all(self) -> None:
+        """Every slot, vectorised; compared and written a chunk at a time."""
+        src, grp = self._paint(0, _DIR_SLOTS)
+        chunk = 1 << 20
+        hosts = np.zeros(_DIR_SLOTS, dtype=bool)
+        if self._long4:
+            hosts[np.fromiter(self._long4, dtype=np.int64, count=len(self._long4))] = True
+        flag = np.uint64(abi.ADDR_HOSTS << 48)
+        for first in range(0, _DIR_SLOTS, chunk):
+            want = src[first : first + chunk].astype(np.uint64)
+            want |= grp[first : first + chunk].astype(np.uint64) << np.uint64(32)
+            want[hosts[first : first + chunk]] |= flag
+            cur = self._dir[first : first + chunk]
             diff = np.flatnonzero(cur != want)
             cur[diff] = want[diff]
 
-    def _paint(self, first: int, n: int) -> np.ndarray[Any, Any]:
-        """Desired dir4 slot values for slots [first, first + n)."""
-        src = np.zeros(n, dtype=np.uint64)
-        grp = np.zeros(n, dtype=np.uint64)
+    def _combine(self, first: int, src: np.ndarray[Any, Any], grp: np.ndarray[Any, Any]) -> np.ndarray[Any, Any]:
+        """Slot values (struct fg_addr_info as a little-endian u64)."""
+        n = len(src)
+        want = src.astype(np.uint64) | (grp.astype(np.uint64) << np.uint64(32))
+        if n == 1:
+            if first in self._long4:
+                want[0] |= np.uint64(abi.ADDR_HOSTS << 48)
+            return want
+        blocks = [b - first for b in self._long4 if first <= b < first + n]
+        if blocks:
+            want[np.array(blocks, dtype=np.int64)] |= np.uint64(abi.ADDR_HOSTS << 48)
+        return want
+
+    def _paint(self, first: int, n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """Source entry and group of each slot in [first, first + n), from
+        the prefixes of length <= 24 (longer ones live in host4)."""
+        src = np.zeros(n, dtype=np.uint32)
+        grp = np.zeros(n, dtype=np.uint16)
         range_len = abi.DIR4_BITS - (n.bit_length() - 1)
         last = first + n
         for kind, lens in ((SRC, self._src), (DST, self._dst)):
@@ -677,27 +772,33 @@ class AddressTable:
                 addrs = lens.by_len[(4, length)]
                 span = 1 << (abi.DIR4_BITS - length)
                 if length <= range_len:
+                    # at most one prefix of this length covers the range
                     shift = 32 - length
                     a = ((first << _HOST_BITS) >> shift) << shift if length else 0
                     if a in addrs:
                         target[:] = self._value(kind, (4, a, length))
                     continue
-                starts = np.fromiter((a >> _HOST_BITS for a in addrs), dtype=np.int64, count=len(addrs))
+                if len(addrs) > 64 * max(1, n // span) and n < _DIR_SLOTS:
+                    # few slots, many prefixes: look the candidates up
+                    found = [
+                        a
+                        for a in range(first << _HOST_BITS, last << _HOST_BITS, span << _HOST_BITS)
+                        if a in addrs
+                    ]
+                else:
+                    found = [a for a in addrs if first <= (a >> _HOST_BITS) < last]
+                if not found:
+                    continue
+                starts = np.fromiter((a >> _HOST_BITS for a in found), dtype=np.int64, count=len(found)) - first
                 vals = np.fromiter(
-                    (self._value(kind, (4, a, length)) for a in addrs), dtype=np.uint64, count=len(addrs)
+                    (self._value(kind, (4, a, length)) for a in found), dtype=target.dtype, count=len(found)
                 )
-                inside = (starts >= first) & (starts < last)
-                starts, vals = starts[inside] - first, vals[inside]
                 if span == 1:
                     target[starts] = vals
                 else:
                     pos = (starts[:, None] + np.arange(span, dtype=np.int64)).ravel()
                     target[pos] = np.repeat(vals, span)
-        want = src | (grp << np.uint64(32))
-        blocks = [b - first for b in self._long4 if first <= b < last]
-        if blocks:
-            want[np.array(blocks, dtype=np.int64)] |= np.uint64(abi.ADDR_HOSTS << 48)
-        return want
+        return src, grp
 
     def _value(self, kind: int, key: PrefixKey) -> int:
         return self.src[key].idx if kind == SRC else self.dst[key]
