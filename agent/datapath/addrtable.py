@@ -327,10 +327,21 @@ class AddressTable:
                 changed += self.set_record(key, abi.SRC_BAN, origin, None)
             if ent.allow[origin] is not None and key not in allows:
                 changed += self.set_record(key, abi.SRC_ALLOW, origin, None)
-        for key, rec in bans.items():
-            changed += self.set_record(key, abi.SRC_BAN, origin, rec)
-        for key, rec in allows.items():
-            changed += self.set_record(key, abi.SRC_ALLOW, origin, rec)
+        # The bulk of a policy load: set_record inlined, new prefixes indexed at once.
+        src, dirty = self.src, self._dirty
+        new: list[PrefixKey] = []
+        for attr, wanted in (("ban", bans), ("allow", allows)):
+            for key, rec in wanted.items():
+                ent = src.get(key)
+                if ent is None:
+                    ent = src[key] = _Entry(0)
+                    new.append(key)
+                slots = getattr(ent, attr)
+                if slots[origin] != rec:
+                    slots[origin] = rec
+                    dirty.add(key)
+                    changed += 1
+        self._index_many(new, SRC)
         return changed
 
     def set_destinations(self, dst: dict[PrefixKey, int]) -> None:
@@ -559,6 +570,20 @@ class AddressTable:
         if fam == 4 and plen > abi.DIR4_BITS:
             self._long4.setdefault(addr >> _HOST_BITS, set()).add(key)
 
+    def _index_many(self, keys: list[PrefixKey], kind: int) -> None:
+        lens = self._src if kind == SRC else self._dst
+        groups: dict[tuple[int, int], list[int]] = {}
+        for fam, addr, plen in keys:
+            groups.setdefault((fam, plen), []).append(addr)
+        for (fam, plen), addrs in groups.items():
+            for a in addrs[:1]:
+                lens.add((fam, a, plen))
+            lens.by_len[(fam, plen)].update(addrs)
+            if fam == 4 and plen > abi.DIR4_BITS:
+                long4 = self._long4
+                for a in addrs:
+                    long4.setdefault(a >> _HOST_BITS, set()).add((fam, a, plen))
+
     def _unindex(self, key: PrefixKey, kind: int) -> None:
         (self._src if kind == SRC else self._dst).discard(key)
         fam, addr, plen = key
@@ -584,7 +609,20 @@ class AddressTable:
         """Desired host4 entries of one /24: every address covered by a
         prefix longer than /24, answered over all prefixes."""
         out: dict[int, tuple[int, int]] = {}
-        for _fam, addr, plen in self._long4.get(block, ()):
+        for key in self._long4.get(block, ()):
+            _fam, addr, plen = key
+            if plen == 32:
+                # nothing is longer than a /32: its own entry, if it is a source
+                if addr not in out:
+                    ent = self.src.get(key)
+                    d = next(self._dst.covering(4, addr, 32), None)
+                    if ent is None:
+                        s_ = next(self._src.covering(4, addr, 32), None)
+                        idx = self.src[s_].idx if s_ else 0
+                    else:
+                        idx = ent.idx
+                    out[addr] = (idx, self.dst[d] if d else 0)
+                continue
             for a in range(addr, addr + (1 << (32 - plen))):
                 if a not in out:
                     out[a] = self._answer(4, a, 32)
