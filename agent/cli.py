@@ -55,13 +55,13 @@ def _schema(args: argparse.Namespace) -> int:
 def _bench(args: argparse.Namespace) -> int:
     rest = list(args.rest)
     if args.what == "datapath":
-        from agent.bench import datapath
+        from agent.bench import datapath  # type: ignore[attr-defined,unused-ignore]
 
-        return datapath.main(rest)
+        return int(datapath.main(rest))
     if args.what == "prefixes":
-        from agent.bench import prefixes
+        from agent.bench import prefixes  # type: ignore[attr-defined,unused-ignore]
 
-        return prefixes.main(rest)
+        return int(prefixes.main(rest))
     if args.what == "policy":
         from agent.bench import policy
 

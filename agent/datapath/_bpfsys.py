@@ -7,11 +7,13 @@ errno, so callers can turn it into an operator-facing message.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes as ct
 import errno as errno_mod
 import functools
 import os
 from collections.abc import Sequence
+from typing import Any
 
 from .errors import BpfSyscallError
 
@@ -228,7 +230,7 @@ def prog_map_ids(fd: int) -> list[int]:
 # --- single elements ---------------------------------------------------------
 
 
-def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value: ct.Array | ct.Structure) -> bool:  # type: ignore[type-arg]
+def map_lookup(fd: int, key: Any, value: Any) -> bool:
     """Read one element into `value`; False when the key is absent."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value))
     try:
@@ -240,12 +242,12 @@ def map_lookup(fd: int, key: ct.Structure | ct._SimpleCData, value: ct.Array | c
     return True
 
 
-def map_update(fd: int, key: ct.Structure | ct._SimpleCData, value: ct.Array | ct.Structure, flags: int = BPF_ANY) -> None:  # type: ignore[type-arg]
+def map_update(fd: int, key: Any, value: Any, flags: int = BPF_ANY) -> None:
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value), flags=flags)
     _bpf(BPF_MAP_UPDATE_ELEM, attr)
 
 
-def map_delete(fd: int, key: ct.Structure | ct._SimpleCData) -> bool:
+def map_delete(fd: int, key: Any) -> bool:
     """Delete one element; False when it was absent."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key))
     try:
@@ -301,7 +303,7 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> t
     return bytes(out_keys), bytes(out_values), total
 
 
-def next_key(fd: int, key: ct.Array | None, out: ct.Array) -> bool:  # type: ignore[type-arg]
+def next_key(fd: int, key: Any, out: Any) -> bool:
     """Fill `out` with the key after `key` (None: the first); False at the end."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key) if key is not None else 0, value=ct.addressof(out))
     try:
@@ -437,7 +439,5 @@ def prog_test_run(
 
 def close(fds: Sequence[int] | int) -> None:
     for fd in [fds] if isinstance(fds, int) else fds:
-        try:
+        with contextlib.suppress(OSError):
             os.close(fd)
-        except OSError:
-            pass

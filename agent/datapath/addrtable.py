@@ -53,7 +53,7 @@ _DIR_SLOTS = 1 << abi.DIR4_BITS
 _HOST_BITS = 32 - abi.DIR4_BITS
 _FULL_REPAINT_SLOTS = 1 << 20
 _ENTRY_DTYPE = np.dtype(abi.SrcEntry)
-_FLAGS_OFF = abi.SrcEntry.flags.offset
+_RECORD_DTYPE = np.dtype(abi.SrcRecord)
 
 BAN_KINDS = (abi.SRC_BAN, abi.SRC_BAN_MONITOR)
 ALLOW_KINDS = (abi.SRC_ALLOW, abi.SRC_ALLOW_MONITOR)
@@ -262,9 +262,9 @@ class AddressTable:
         self.src.clear()
         self._src = _Lengths()
         self._long4 = {}
-        for key in self.dst:
-            if key[0] == 4 and key[2] > abi.DIR4_BITS:
-                self._long4.setdefault(key[1] >> _HOST_BITS, set()).add(key)
+        for dkey in self.dst:
+            if dkey[0] == 4 and dkey[2] > abi.DIR4_BITS:
+                self._long4.setdefault(dkey[1] >> _HOST_BITS, set()).add(dkey)
         fams = rows["family"][used].tolist()
         plens = rows["prefix_len"][used].tolist()
         addrs = rows["addr"][used].tolist()
@@ -332,11 +332,11 @@ class AddressTable:
         new: list[PrefixKey] = []
         for attr, wanted in (("ban", bans), ("allow", allows)):
             for key, rec in wanted.items():
-                ent = src.get(key)
-                if ent is None:
-                    ent = src[key] = _Entry(0)
+                found = src.get(key)
+                if found is None:
+                    found = src[key] = _Entry(0)
                     new.append(key)
-                slots = getattr(ent, attr)
+                slots = getattr(found, attr)
                 if slots[origin] != rec:
                     slots[origin] = rec
                     dirty.add(key)
@@ -533,7 +533,7 @@ class AddressTable:
         rows["family"] = fams
         rows["prefix_len"] = plens
         rows["addr"] = addrs
-        rec_dtype = _ENTRY_DTYPE["ban"].base
+        rec_dtype = _RECORD_DTYPE
         for field, per_origin in (("ban", ban_rows), ("allow", allow_rows)):
             for o, items in enumerate(per_origin):
                 if items:

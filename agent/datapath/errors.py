@@ -46,7 +46,9 @@ class VerifierError(DatapathError):
         self.log = log
         tail = "\n".join(log.strip().splitlines()[-25:])
         super().__init__(
-            f"the kernel rejected {program} ({os.strerror(err)}); last lines of the verifier log:\n{tail}"
+            f"the kernel rejected {program} ({os.strerror(err)}): the kernel may be too old (floodguard "
+            f"needs Linux 5.11 or newer with BTF) or this is a floodguard bug — report it with this log. "
+            f"Last lines of the verifier log:\n{tail}"
         )
 
 

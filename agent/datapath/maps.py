@@ -13,7 +13,7 @@ import ctypes as ct
 import mmap
 import os
 from collections.abc import Iterator
-from typing import Any, Generic, TypeVar
+from typing import Any
 
 from . import _bpfsys as sysbpf
 from . import abi
@@ -23,8 +23,10 @@ _BPF_MAP_TYPE_ARRAY = 2
 _BPF_MAP_TYPE_PERCPU_ARRAY = 6
 _BPF_MAP_TYPE_LPM_TRIE = 11
 
-K = TypeVar("K", bound="ct._CData")
-V = TypeVar("V", bound="ct._CData")
+# ctypes types are too loosely typed for a generic Table to help mypy:
+# keys and values are Any here and checked against the kernel's sizes.
+K = Any
+V = Any
 
 # map name -> (key type, value type, per-CPU)
 MAP_TYPES: dict[str, tuple[Any, Any, bool]] = {
@@ -50,10 +52,10 @@ MAP_TYPES: dict[str, tuple[Any, Any, bool]] = {
 PINNED_MAPS = tuple(MAP_TYPES)
 
 
-class Table(Generic[K, V]):
+class Table:
     """One BPF map with typed keys and values."""
 
-    def __init__(self, name: str, fd: int, key_type: type[K], value_type: type[V], percpu: bool) -> None:
+    def __init__(self, name: str, fd: int, key_type: Any, value_type: Any, percpu: bool) -> None:
         self.name = name
         self.fd = fd
         self.key_type = key_type
@@ -201,7 +203,7 @@ class Maps:
 
     def __init__(self, fds: dict[str, int], pin_dir: str) -> None:
         self.pin_dir = pin_dir
-        self.tables: dict[str, Table[Any, Any]] = {}
+        self.tables: dict[str, Table] = {}
         for name, fd in fds.items():
             key_t, val_t, percpu = MAP_TYPES[name]
             self.tables[name] = Table(name, fd, key_t, val_t, percpu)
@@ -223,7 +225,7 @@ class Maps:
             raise
         return cls(fds, pin_dir)
 
-    def __getitem__(self, name: str) -> Table[Any, Any]:
+    def __getitem__(self, name: str) -> Table:
         return self.tables[name]
 
     def close(self) -> None:

@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
+from numpy.typing import NDArray
 
 from . import _bpfsys as sysbpf
 from . import abi
@@ -221,22 +222,24 @@ class MapPort:
 
     # --- counters ---------------------------------------------------------------
 
-    def read_stats(self) -> np.ndarray:  # type: ignore[type-arg]
+    def read_stats(self) -> NDArray[np.uint64]:
         """Verdict counters summed over CPUs: array [slot, reason, class, mon, (packets, bytes)]."""
         t = self.maps["stats"]
         _keys, values, n = t.read_raw()
         ncpu = t.ncpus
         arr = np.frombuffer(values, dtype=np.uint64).reshape(n, ncpu, 2).sum(axis=1, dtype=np.uint64)
-        return arr.reshape(abi.IF_SLOTS, abi.REASON_MAX, abi.CLASS_MAX, 2, 2)
+        out: NDArray[np.uint64] = arr.reshape(abi.IF_SLOTS, abi.REASON_MAX, abi.CLASS_MAX, 2, 2)
+        return out
 
-    def read_group_stats(self) -> np.ndarray:  # type: ignore[type-arg]
+    def read_group_stats(self) -> NDArray[np.uint64]:
         """Per (group, class) counters summed over CPUs: [group, class, field] with
         fields packets, bytes, dropped_packets, dropped_bytes, new_sources."""
         t = self.maps["group_stats"]
         _keys, values, n = t.read_raw()
         nf = ct.sizeof(abi.GroupCounter) // 8
         arr = np.frombuffer(values, dtype=np.uint64).reshape(n, t.ncpus, nf).sum(axis=1, dtype=np.uint64)
-        return arr.reshape(n // abi.LIMIT_CLASSES, abi.LIMIT_CLASSES, nf)
+        out: NDArray[np.uint64] = arr.reshape(n // abi.LIMIT_CLASSES, abi.LIMIT_CLASSES, nf)
+        return out
 
     def read_dst_stats(self) -> dict[tuple[int, int], abi.DstCounter]:
         """Per protected destination: (family, address int) -> counters (summed)."""

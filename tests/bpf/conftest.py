@@ -6,11 +6,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
+from harness import Harness
 
 from agent.datapath import loader
 from agent.datapath.loader import BuildOptions, Capacity
 from agent.datapath.maps import Maps
-from harness import Harness
 
 # Small maps: the tests need behaviour, not capacity; the bench uses full sizes.
 TEST_CAPACITY = Capacity(

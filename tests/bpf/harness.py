@@ -25,6 +25,13 @@ from agent.datapath.rates import make_rate
 ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 
 
+def eth() -> Any:
+    """An Ethernet header with fixed MACs (scapy would otherwise resolve them)."""
+    from scapy.layers.l2 import Ether
+
+    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02")
+
+
 def now_ns() -> int:
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 

@@ -83,6 +83,6 @@ def test_a_drifted_mirror_is_caught() -> None:
 
     src = loader.source_dir()
     bad = '_Static_assert(__builtin_offsetof(struct fg_rule, dst_len) == 42, "offset of fg_rule.dst_len");'
-    with loader._capture_stderr():
-        with pytest.raises(Exception):
-            BPF(text=f'#include <uapi/linux/bpf.h>\n#include "abi.h"\n{bad}'.encode(), cflags=[f"-I{src}"])
+    with loader._capture_stderr() as err, pytest.raises(Exception, match="Failed to compile"):
+        BPF(text=f'#include <uapi/linux/bpf.h>\n#include "abi.h"\n{bad}'.encode(), cflags=[f"-I{src}"])
+    assert "offset of fg_rule.dst_len" in "".join(err)

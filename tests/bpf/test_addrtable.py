@@ -10,9 +10,10 @@ import ipaddress
 import os
 import random
 
+from harness import Harness, now_ns
+
 from agent.datapath import abi
 from agent.datapath.addrtable import AddressTable, PrefixKey, merge
-from harness import Harness, now_ns
 
 ORIGINS = list(abi.Origin)
 

@@ -13,21 +13,21 @@ import os
 import random
 import struct
 
+from harness import Harness, eth
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
-from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q
 from scapy.packet import Raw
 
 from agent.datapath import abi
 from agent.datapath.port import RuleSpec
-from harness import Harness
 
 PACKETS_PER_PHASE = 20_000
 C = abi.TrafficClass
 
 
 def corpus() -> list[bytes]:
-    l2 = [Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02"), Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=5), Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1AD(vlan=7) / Dot1Q(vlan=5)]
+    l2 = [eth(), eth() / Dot1Q(vlan=5), eth() / Dot1AD(vlan=7) / Dot1Q(vlan=5)]
     l3 = [
         IP(src="198.51.100.7", dst="203.0.113.10"),
         IP(src="198.51.100.7", dst="203.0.113.10", options=[b"\x01\x01\x01\x00"]),
@@ -38,7 +38,7 @@ def corpus() -> list[bytes]:
         IPv6(src="2001:db8:1::7", dst="2001:db8:2::10") / IPv6ExtHdrFragment(m=1),
     ]
     l4 = [UDP(sport=53, dport=4444), TCP(flags="S"), TCP(flags="A", options=[("MSS", 1460)]), ICMP(), Raw(b"")]
-    out = [bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ARP())]
+    out = [bytes(eth() / ARP())]
     for a in l2:
         for b in l3:
             for c in l4:

@@ -7,11 +7,13 @@ through the agent's own datapath code, and the expected action/reason/class.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
+from harness import Harness, eth, now_ns
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -26,9 +28,6 @@ from scapy.packet import Raw
 
 from agent.datapath import abi
 from agent.datapath.port import RuleSpec
-from harness import Harness, now_ns
-
-import ipaddress
 
 C = abi.TrafficClass
 SRC4, DST4 = "198.51.100.7", "203.0.113.10"
@@ -38,12 +37,12 @@ PAY = Raw(b"x" * 32)
 
 def e4(**kw: Any) -> Any:
     kw = {"src": SRC4, "dst": DST4, **kw}
-    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(**kw)
+    return eth() / IP(**kw)
 
 
 def e6(**kw: Any) -> Any:
     kw = {"src": SRC6, "dst": DST6, **kw}
-    return Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(**kw)
+    return eth() / IPv6(**kw)
 
 
 def cut(pkt: Any, n: int) -> bytes:
@@ -104,20 +103,20 @@ PARSE_CASES = [
          e6() / IPv6ExtHdrFragment(m=0, offset=0) / UDP() / PAY, "pass/passed/udp"),
     Case("IPv6 eight extension headers", ext_chain(7), "pass/passed/udp"),
     Case("802.1Q VLAN, IPv4 UDP",
-         Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q(vlan=10) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/passed/udp"),
+         eth() / Dot1Q(vlan=10) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/passed/udp"),
     Case("QinQ (802.1ad + 802.1Q), IPv4 UDP",
-         Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/passed/udp"),
+         eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/passed/udp"),
     Case("QinQ, IPv6 TCP SYN",
-         Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
+         eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
          "pass/passed/tcp_syn"),
-    Case("ARP passes", Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / ARP(), "pass/non_ip/non_ip"),
+    Case("ARP passes", eth() / ARP(), "pass/non_ip/non_ip"),
     Case("LLDP passes", Ether(type=0x88CC) / PAY, "pass/non_ip/non_ip"),
 ]
 
 MALFORMED_CASES = [
     Case("Ethernet header alone, IPv4 ethertype", cut(e4() / UDP(), 14), "drop/malformed/other"),
-    Case("truncated VLAN tag", cut(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1Q() / IP(), 16), "drop/malformed/other"),
-    Case("three VLAN tags", Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / Dot1AD() / Dot1Q() / Dot1Q() / IP(src=SRC4, dst=DST4) / UDP(),
+    Case("truncated VLAN tag", cut(eth() / Dot1Q() / IP(), 16), "drop/malformed/other"),
+    Case("three VLAN tags", eth() / Dot1AD() / Dot1Q() / Dot1Q() / IP(src=SRC4, dst=DST4) / UDP(),
          "drop/malformed/other"),
     Case("truncated IPv4 header", cut(e4() / UDP(), 14 + 12), "drop/malformed/other"),
     Case("IPv4 ethertype, version 6", patch(e4() / UDP() / PAY, 14, b"\x65"), "drop/malformed/other"),

@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+from harness import Harness, now_ns
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
@@ -21,7 +22,6 @@ from agent.datapath import abi
 from agent.datapath.addrtable import prefix_key
 from agent.policy.watch import PolicyWatcher
 from agent.reload import PolicyRuntime
-from harness import Harness, now_ns
 
 CAPACITY = """
 capacity:

@@ -8,14 +8,13 @@ import ctypes as ct
 import ipaddress
 import time
 
+from harness import Harness, eth, now_ns
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
-from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
 from agent.datapath import abi
 from agent.datapath.port import ConfigSpec, RuleSpec
-from harness import Harness, now_ns
 
 C = abi.TrafficClass
 PAY = Raw(b"x" * 100)
@@ -23,11 +22,11 @@ DST = "203.0.113.10"
 
 
 def udp4(src: str, dst: str = DST, sport: int = 1000) -> bytes:
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src=src, dst=dst) / UDP(sport=sport, dport=53) / PAY)
+    return bytes(eth() / IP(src=src, dst=dst) / UDP(sport=sport, dport=53) / PAY)
 
 
 def udp6(src: str, dst: str = "2001:db8:2::10") -> bytes:
-    return bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IPv6(src=src, dst=dst) / UDP(sport=1000, dport=53) / PAY)
+    return bytes(eth() / IPv6(src=src, dst=dst) / UDP(sport=1000, dport=53) / PAY)
 
 
 def protect(h: Harness, **limits: tuple[int, int, int]) -> None:
@@ -53,7 +52,7 @@ def test_sources_have_separate_buckets(h: Harness) -> None:
 
 def test_classes_have_separate_buckets(h: Harness) -> None:
     protect(h, udp=(1, 0, 1), tcp_syn=(1, 0, 1))
-    syn = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.51.100.1", dst=DST) / TCP(flags="S"))
+    syn = bytes(eth() / IP(src="198.51.100.1", dst=DST) / TCP(flags="S"))
     u = udp4("198.51.100.1")
     assert reasons(h, [u, u, syn, syn]) == ["passed", "rate_limited", "passed", "rate_limited"]
 
@@ -61,7 +60,7 @@ def test_classes_have_separate_buckets(h: Harness) -> None:
 def test_byte_limit(h: Harness) -> None:
     # 1 Mbit/s with a burst of 2 full frames: about 3 KB at once.
     protect(h, udp=(0, 1_000_000, 2))
-    big = bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.51.100.1", dst=DST) / UDP() / Raw(b"x" * 1400))
+    big = bytes(eth() / IP(src="198.51.100.1", dst=DST) / UDP() / Raw(b"x" * 1400))
     got = reasons(h, [big] * 4)
     assert got[:2] == ["passed", "passed"] and got[-1] == "rate_limited"
 
@@ -219,7 +218,7 @@ def test_sampling_sends_headers_to_the_ring(h: Harness, program) -> None:  # typ
         h.config(sample_every=1)
         h.protect({"203.0.113.0/24": 1})
         h.ban("198.51.100.9/32")
-        h.run(bytes(Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:02") / IP(src="198.51.100.9", dst=DST) / TCP(sport=4242, dport=80, flags="S")))
+        h.run(bytes(eth() / IP(src="198.51.100.9", dst=DST) / TCP(sport=4242, dport=80, flags="S")))
         program.bcc.ring_buffer_poll(100)
     finally:
         h.port.write_config(ConfigSpec())
