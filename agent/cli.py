@@ -69,6 +69,218 @@ def _bench(args: argparse.Namespace) -> int:
     raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes or policy")
 
 
+DEFAULT_POLICY = "/etc/floodguard/policy.yaml"
+DEFAULT_SOCKET = "/run/floodguard/control.sock"
+
+
+def _socket_path(args: argparse.Namespace) -> str:
+    """--socket, else the policy's control.socket, else the default."""
+    if getattr(args, "socket", None):
+        return str(args.socket)
+    policy = getattr(args, "config", None) or DEFAULT_POLICY
+    try:
+        from agent.policy import load_policy
+
+        result = load_policy(policy)
+        if result.policy is not None:
+            return str(result.policy.control.socket)
+    except OSError:
+        pass
+    return DEFAULT_SOCKET
+
+
+def _call(args: argparse.Namespace, verb: str, **kw: object) -> object:
+    from agent.api import ClientError, RequestError, call
+
+    try:
+        return call(_socket_path(args), verb, {k: v for k, v in kw.items() if v is not None})
+    except (ClientError, RequestError) as e:
+        raise CliError(str(e)) from None
+
+
+def _print_json(obj: object) -> None:
+    import json
+
+    json.dump(obj, sys.stdout, indent=2, default=str)
+    sys.stdout.write("\n")
+
+
+def _table(rows: list[list[str]], header: list[str]) -> None:
+    widths = [max(len(str(x)) for x in col) for col in zip(header, *rows, strict=False)]
+    for row in [header, *rows]:
+        print("  ".join(str(x).ljust(w) for x, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _ttl(seconds: object) -> str:
+    if seconds is None:
+        return "permanent"
+    s = float(seconds)  # type: ignore[arg-type]
+    if s >= 86400:
+        return f"{s / 86400:.1f}d"
+    if s >= 3600:
+        return f"{s / 3600:.1f}h"
+    if s >= 60:
+        return f"{s / 60:.0f}m"
+    return f"{s:.0f}s"
+
+
+def _rate(pps: float) -> str:
+    for unit, div in (("M", 1e6), ("k", 1e3)):
+        if pps >= div:
+            return f"{pps / div:.1f}{unit}"
+    return f"{pps:.0f}"
+
+
+def _run(args: argparse.Namespace) -> int:
+    from agent import daemon
+    from agent.datapath.errors import DatapathError
+
+    try:
+        return daemon.main(args.config, args.pin_root)
+    except daemon.StartupError as e:
+        raise CliError(str(e)) from None
+    except DatapathError as e:
+        raise CliError(str(e)) from None
+
+
+def _status(args: argparse.Namespace) -> int:
+    st = _call(args, "status")
+    if args.json:
+        _print_json(st)
+        return 0
+    assert isinstance(st, dict)
+    pol = st["policy"]
+    print(f"floodguard: up {_ttl(st['uptime_seconds'])}, program {st['program']['id']} "
+          f"(abi v{st['program']['abi']}, {st['program']['pin_dir']})")
+    print(f"policy: {pol['path']} — {pol['summary']}; mode {pol['mode']}; "
+          f"reloads {pol['reloads_ok']} ok, {pol['reloads_failed']} failed")
+    for err in pol.get("last_errors") or []:
+        print(f"  last reload error: {err}")
+    rows = [[i["name"], str(i["ifindex"] or "-"), i["mode"], i["requested"],
+             "yes" if i["attached"] else f"no ({i['error'] or 'waiting'})"] for i in st["interfaces"]]
+    _table(rows, ["INTERFACE", "IFINDEX", "XDP MODE", "REQUESTED", "ATTACHED"])
+    r = st["rates"]
+    by = ", ".join(f"{k} {_rate(v)}" for k, v in sorted(r["pps_by_reason"].items(), key=lambda kv: -kv[1]))
+    print(f"traffic: {_rate(r['pps_in'])} pps, {_rate(r['bps_in'])}bit/s in" + (f" ({by})" if by else ""))
+    b = st["bans"]
+    print(f"bans: {b.get('policy', 0)} policy, {b.get('operator', 0)} operator, {b.get('auto', 0)} automatic; "
+          f"attacks active: {st['attacks_active']}")
+    return 0
+
+
+def _bans(args: argparse.Namespace) -> int:
+    bans = _call(args, "bans", origin=args.origin)
+    if args.json:
+        _print_json(bans)
+        return 0
+    assert isinstance(bans, list)
+    rows = [[b["prefix"], b["origin"], _ttl(b["ttl_seconds"]), "monitor" if b["monitor"] else "enforce",
+             b["reason"] or "-"] for b in bans]
+    _table(rows, ["PREFIX", "ORIGIN", "TTL", "MODE", "REASON"])
+    print(f"{len(bans)} ban{'s' if len(bans) != 1 else ''}")
+    return 0
+
+
+def _duration(text: str | None) -> float | None:
+    if text is None:
+        return None
+    from agent.policy._units import parse_duration
+
+    try:
+        return float(parse_duration(text))
+    except ValueError as e:
+        raise CliError(f"--ttl {text}: {e}") from None
+
+
+def _ban(args: argparse.Namespace) -> int:
+    res = _call(args, "ban", prefix=args.prefix, ttl=_duration(args.ttl), reason=args.reason)
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    print(f"banned {res['prefix']} ({_ttl(res['ttl_seconds'])})")
+    if res.get("warning"):
+        print(f"warning: {res['warning']}", file=sys.stderr)
+    return 0
+
+
+def _unban(args: argparse.Namespace) -> int:
+    res = _call(args, "unban", prefix=args.prefix)
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    print(f"unbanned {res['prefix']} ({', '.join(res['removed'])} ban removed)")
+    return 0
+
+
+def _explain(args: argparse.Namespace) -> int:
+    res = _call(args, "explain", ip=args.ip)
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    print(f"{res['ip']}: {res['verdict']}")
+    for e in res["entries"]:
+        state = "active" if e["active"] else "expired"
+        mon = ", monitor only" if e["monitor"] else ""
+        print(f"  {e['kind']} {e['prefix']} by {e['origin']} ({state}, {_ttl(e['ttl_seconds'])}{mon}): "
+              f"{e['reason'] or '-'}")
+    for p in res["infrastructure"]:
+        print(f"  infrastructure {p}: never banned automatically")
+    d = res["as_destination"]
+    if d:
+        print(f"  protected: group {d['group']} ({d['prefix']}){', limits tightened' if d['tightened'] else ''}")
+        for cls, lim in d["per_source_limits"].items():
+            if lim:
+                print(f"    per-source limit {cls}: " + ", ".join(f"{k} {v:,.0f}" for k, v in lim.items()))
+        for cls, c in (d["counters"] or {}).items():
+            print(f"    received {cls}: {c['packets']:,} packets, {c['dropped']:,} dropped")
+    for b in res["source_buckets"]:
+        state = "over its limit" if b["over_limit"] else "within its limit"
+        print(f"  as a source to {b['group']} ({b['class']}): {state}")
+    return 0
+
+
+def _reload(args: argparse.Namespace) -> int:
+    res = _call(args, "reload")
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    for w in res["warnings"]:
+        print(w, file=sys.stderr)
+    if not res["ok"]:
+        for e in res["errors"]:
+            print(e, file=sys.stderr)
+        print("reload rejected: the previous policy keeps running", file=sys.stderr)
+        return 1
+    print(f"policy reloaded: {res['prefixes_changed']} prefixes changed in {res['seconds']} s")
+    return 0
+
+
+def _detach(args: argparse.Namespace) -> int:
+    from agent.api import ClientError, RequestError, call
+
+    try:
+        res = call(_socket_path(args), "detach")
+    except ClientError:
+        # No daemon: remove the program from the interfaces and the pins directly.
+        from agent import daemon
+
+        res = daemon.detach_everything(args.config if args.config else None, args.pin_root, args.interface or [])
+    except RequestError as e:
+        raise CliError(str(e)) from None
+    if args.json:
+        _print_json(res)
+        return 0
+    for r in res["interfaces"]:
+        print(f"{r['interface']}: {'detached' if r['detached'] else 'not detached: ' + r.get('error', '')}")
+    pins = res["pins_removed"]
+    print(f"pins removed: {pins if isinstance(pins, str) else ', '.join(pins) or 'none'}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="floodguard",
@@ -87,6 +299,44 @@ def build_parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("schema", help="print the policy's JSON Schema (for editors)")
     s.set_defaults(func=_schema)
+
+    from agent.datapath.loader import DEFAULT_PIN_ROOT
+
+    r = sub.add_parser("run", help="run the agent (systemd runs this)",
+                       description="Load the policy, build and attach the XDP program (reusing pinned state), "
+                       "run the control loop; SIGHUP or a changed policy file reloads, SIGTERM stops and leaves "
+                       "the program attached.")
+    r.add_argument("-c", "--config", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    r.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help=f"bpffs directory for pins (default {DEFAULT_PIN_ROOT})")
+    r.set_defaults(func=_run)
+
+    def client(name: str, help_text: str, func: Handler, description: str = "") -> argparse.ArgumentParser:
+        c = sub.add_parser(name, help=help_text, description=description or help_text)
+        c.add_argument("--json", action="store_true", help="machine-readable output")
+        c.add_argument("--socket", help=f"control socket (default: the policy's control.socket, {DEFAULT_SOCKET})")
+        c.add_argument("-c", "--config", help=f"policy file to read the socket path from (default {DEFAULT_POLICY})")
+        c.set_defaults(func=func)
+        return c
+
+    client("status", "interfaces and XDP mode, policy, uptime, rates", _status)
+    c = client("bans", "list bans with remaining TTL, origin and reason", _bans)
+    c.add_argument("--origin", choices=["policy", "operator", "auto"], help="only bans of this origin")
+    c = client("ban", "ban a source address or prefix now", _ban,
+               "Ban PREFIX (an address or a prefix) as the operator. Returns once the ban is in the kernel.")
+    c.add_argument("prefix", help="e.g. 198.51.100.7 or 198.51.100.0/24 or 2001:db8::/48")
+    c.add_argument("--ttl", help="how long, e.g. 30s, 10m, 2h, 1d (default: permanent)")
+    c.add_argument("--reason", help="why, shown by `floodguard bans`")
+    c = client("unban", "remove an operator or automatic ban", _unban)
+    c.add_argument("prefix", help="exactly as banned, e.g. 198.51.100.7/32")
+    c = client("explain", "what applies to an address, and its counters", _explain)
+    c.add_argument("ip", help="an IPv4 or IPv6 address")
+    client("reload", "reload the policy now (like SIGHUP); exit 1 if it is rejected", _reload)
+    c = client("detach", "remove the program from every interface and its pins", _detach,
+               "Remove floodguard's XDP program from its interfaces and delete its pins. With a running agent "
+               "the agent does it and stops; without one, it is done directly.")
+    c.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help="bpffs directory of the pins")
+    c.add_argument("--interface", action="append", help="interface to detach from (default: the policy's, "
+                   "else every interface running floodguard)")
 
     b = sub.add_parser("bench", help="measure: datapath (ns/packet), prefixes (lookup structures), policy",
                        description="Benchmarks print ratios measured in one run. "

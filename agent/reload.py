@@ -17,7 +17,7 @@ import structlog
 
 from agent.datapath.apply import apply_policy
 from agent.datapath.port import MapPort
-from agent.policy import load_policy, restart_required
+from agent.policy import LoadResult, load_policy, restart_required
 from agent.policy.compile import CompiledPolicy, compile_policy
 from agent.policy.model import Policy
 
@@ -50,8 +50,12 @@ class PolicyRuntime:
 
     def reload(self, trigger: str = "manual") -> ReloadOutcome:
         """Load the file again; apply it if it is valid, else keep the old policy."""
+        return self.adopt(load_policy(self.path), None, trigger)
+
+    def adopt(self, result: LoadResult, compiled: CompiledPolicy | None = None,
+              trigger: str = "start") -> ReloadOutcome:
+        """Apply an already loaded policy (the daemon loads it once at start)."""
         start = time.monotonic()
-        result = load_policy(self.path)
         # Watch whatever was read or looked for, even when the load failed,
         # so that fixing the file triggers the next reload.
         self.files, self.include_globs = result.files, result.include_globs
@@ -64,7 +68,8 @@ class PolicyRuntime:
             if blockers:
                 return self._reject(trigger, [f"{self.path}: {b}" for b in blockers], warnings, start)
         try:
-            compiled = compile_policy(new, self.compiled)
+            if compiled is None:
+                compiled = compile_policy(new, self.compiled)
             if self.compiled is not None and compiled.capacity != self.compiled.capacity:
                 raise ValueError("restart required: capacity changed")
             stats = apply_policy(self.port, compiled, self.compiled)
