@@ -15,10 +15,12 @@ the tick timer. Stopping leaves the program attached and enforcing:
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import ipaddress
 import os
 import select
 import signal
+import socket
 import threading
 import time
 from collections.abc import Callable
@@ -48,6 +50,7 @@ log = structlog.get_logger()
 
 NS = 1_000_000_000
 RTMGRP_LINK = 1
+NETLINK_ROUTE = 0
 
 
 class StartupError(Exception):
@@ -214,10 +217,11 @@ class Agent:
                     log.warning("abi_changed", old=str(d), new=self.pin_dir, action="migrating entries")
                 old_dirs.append(d)
         for d in old_dirs:
+            # Read the entries, then unpin: the attached old program keeps its
+            # maps alive (and enforcing) until the new program replaces it.
+            # (bpffs does not rename directories.)
             records += self._read_old_entries(d)
-            aside = d.with_name(d.name + f".old-{os.getpid()}")
-            os.rename(d, aside)
-            self._old_pins = getattr(self, "_old_pins", []) + [aside]
+            loader.remove_pins(str(d))
         return records
 
     def _pins_fit(self, d: Path, capacity: loader.Capacity) -> bool:
@@ -256,17 +260,17 @@ class Agent:
                 return []
             from agent.datapath.maps import Table
 
-            t = Table("src_entries", os.dup(fd), __import__("ctypes").c_uint32, abi.SrcEntry, False)
+            t = Table("src_entries", os.dup(fd), ctypes.c_uint32, abi.SrcEntry, False)
             mm = t.mmap()
-            rows = np.frombuffer(mm, dtype=np.dtype(abi.SrcEntry), count=t.max_entries)
+            view = np.frombuffer(mm, dtype=np.dtype(abi.SrcEntry), count=t.max_entries)
+            used = view[view["family"] != 0].copy()  # a copy: the mmap can close
+            del view
+            mm.close()
+            t.close()
             out: list[tuple[PrefixKey, int, int, Record]] = []
-            for idx in np.flatnonzero(rows["family"]).tolist():
-                if idx == 0:
-                    continue
-                e = rows[idx]
+            for e in used:
                 fam = int(e["family"])
-                words = e["addr"].tolist()
-                raw = b"".join(int(w).to_bytes(4, "little") for w in words)
+                raw = b"".join(int(w).to_bytes(4, "little") for w in e["addr"].tolist())
                 addr = int.from_bytes(raw[:4] if fam == 4 else raw, "big")
                 key: PrefixKey = (fam, addr, int(e["prefix_len"]))
                 for o in (abi.Origin.OPERATOR, abi.Origin.AUTO):
@@ -275,18 +279,9 @@ class Agent:
                         if int(r["flags"]):
                             out.append((key, kind, int(o),
                                         (int(r["expires"]), int(r["created"]), int(r["flags"]), int(r["reason"]))))
-            del rows
-            mm.close()
-            t.close()
             return out
         finally:
             os.close(fd)
-
-    def _drop_old_pins(self) -> None:
-        for d in getattr(self, "_old_pins", []):
-            with contextlib.suppress(DatapathError):
-                loader.remove_pins(str(d))
-        self._old_pins = []
 
     # ------------------------------------------------------------------ interfaces
 
@@ -306,29 +301,45 @@ class Agent:
         log.info("attached", interface=itf.name, ifindex=res.ifindex, mode=itf.attached_mode,
                  program_id=res.prog_id, replaced=res.replaced_prog_id or None,
                  fallback=res.fallback or None)
-        self._drop_old_pins()
         return True
 
     def _open_netlink(self) -> None:
-        from pyroute2 import IPRoute
+        """A plain non-blocking rtnetlink socket subscribed to link events.
 
-        ipr = IPRoute()
-        ipr.bind(groups=RTMGRP_LINK)
-        self._netlink = ipr
+        Not pyroute2's IPRoute.get(): it buffers datagrams internally, so a
+        select() on its fd can sleep while link events wait unread. Here
+        every readable wake-up drains the socket; pyroute2 only parses.
+        """
+        from pyroute2.netlink.rtnl.marshal import MarshalRtnl
+
+        s = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC,
+                          NETLINK_ROUTE)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+        s.bind((0, RTMGRP_LINK))
+        self._netlink = s
+        self._marshal = MarshalRtnl()
 
     def _netlink_events(self) -> None:
         assert self._netlink is not None
-        try:
-            msgs = self._netlink.get()
-        except Exception as e:  # a burst that overflowed the socket: check every interface
-            log.warning("netlink_error", error=str(e))
-            msgs = []
-            self._next_iface_check = 0.0
+        msgs: list[Any] = []
+        while True:
+            try:
+                data = self._netlink.recv(1 << 20)
+            except BlockingIOError:
+                break
+            except OSError as e:  # ENOBUFS: events were lost; check every interface
+                log.warning("netlink_overrun", error=e.strerror)
+                self._next_iface_check = 0.0
+                continue
+            msgs.extend(self._marshal.parse(data))
+        if self._detach_requested:
+            return  # our own detach shows up as a link change: do not undo it
         for msg in msgs:
             name = msg.get_attr("IFLA_IFNAME")
             itf = self.ifaces.get(name) if name else None
             if itf is None:
                 continue
+            log.debug("link_event", interface=name, change=msg["event"], ifindex=msg["index"])
             if msg["event"] == "RTM_DELLINK":
                 log.warning("interface_lost", interface=name, ifindex=itf.ifindex)
                 if self.port is not None and itf.ifindex:
@@ -339,12 +350,13 @@ class Agent:
             prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
             if msg["index"] != itf.ifindex or not prog_id or (self.program and prog_id != self.program.id):
                 with self.lock:
-                    self._attach(itf)
+                    if not self._detach_requested:
+                        self._attach(itf)
 
     def _check_interfaces(self) -> None:
         """Belt and braces for missed netlink events: every few seconds."""
         now = time.monotonic()
-        if now < self._next_iface_check or self.program is None:
+        if now < self._next_iface_check or self.program is None or self._detach_requested:
             return
         self._next_iface_check = now + 5.0
         for itf in self.ifaces.values():
@@ -405,15 +417,15 @@ class Agent:
                     with contextlib.suppress(BlockingIOError):
                         os.read(self._wake_r, 4096)
                 if self._netlink is not None and self._netlink.fileno() in ready:
-                    self._netlink_events()
+                    self._guard("netlink", self._netlink_events)
                 if self.watcher.poll(0):
-                    self.reload("file change")
+                    self._guard("reload", lambda: self.reload("file change"))
                 if self._reload_requested:
                     self._reload_requested = False
-                    self.reload("SIGHUP")
+                    self._guard("reload", lambda: self.reload("SIGHUP"))
                 now = time.monotonic()
                 if now >= next_tick:
-                    self.tick()
+                    self._guard("tick", self.tick)
                     next_tick = max(next_tick + tick, now + tick / 2)
                 if watchdog and now >= next_ping:
                     self.notifier.watchdog()
@@ -425,6 +437,15 @@ class Agent:
             for sig, h in handlers.items():
                 signal.signal(sig, h)
         return 0
+
+    @staticmethod
+    def _guard(what: str, fn: Callable[[], object]) -> None:
+        """A bug in one step must not take the guard down: the program keeps
+        enforcing, and the loop goes on (the error is logged with its trace)."""
+        try:
+            fn()
+        except Exception as e:
+            log.exception("loop_error", step=what, error=str(e))
 
     def _on_signal(self, signum: int, _frame: object) -> None:
         if signum == signal.SIGHUP:
@@ -661,6 +682,7 @@ class Agent:
 
     def req_detach(self) -> dict[str, Any]:
         """Remove the program from every interface and its pins, then stop."""
+        self._detach_requested = True  # before detaching: the loop must not re-attach
         results = []
         for itf in self.ifaces.values():
             try:

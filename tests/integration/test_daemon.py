@@ -1,0 +1,263 @@
+"""The real daemon on a real veth pair: CLI verbs, kill and restart, reboot,
+upgrade migration, interfaces that come and go, and the notify protocol.
+
+Traffic is real: UDP datagrams from the sender namespace to a socket in the
+target namespace, where the agent runs.
+"""
+
+from __future__ import annotations
+
+import re
+import signal
+import socket
+import threading
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from agent_proc import AgentProc
+from wire import Traffic, ban, build_program
+
+from agent.datapath import abi, attach, loader
+from agent.datapath.maps import Maps
+from agent.datapath.port import MapPort
+from agent.lab.topology import VethPair
+
+BANNED = "192.0.2.66"
+LEGIT = "192.0.2.77"
+
+
+@pytest.fixture
+def agent(veth_pair: VethPair, tmp_path: Path) -> Iterator[AgentProc]:
+    a = AgentProc(veth_pair, tmp_path / "agent")
+    try:
+        yield a
+    finally:
+        a.cleanup()
+
+
+@pytest.fixture
+def traffic(veth_pair: VethPair) -> Iterator[Traffic]:
+    t = Traffic(veth_pair)
+    t.add_source(BANNED)
+    t.add_source(LEGIT)
+    try:
+        yield t
+    finally:
+        t.close()
+
+
+class Flood(threading.Thread):
+    """Sends from one source until stopped; counts what the kernel accepted."""
+
+    def __init__(self, traffic: Traffic, src: str) -> None:
+        super().__init__(daemon=True)
+        self.traffic, self.sock = traffic, traffic.sender(src)
+        self.stop = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        while not self.stop.is_set():
+            self.sent += self.traffic.send(self.sock, 50).packets
+            time.sleep(0.001)
+
+
+def received(traffic: Traffic, listener: socket.socket, quiet: float = 0.3) -> Counter[str]:
+    got: Counter[str] = Counter()
+    Traffic.drain(listener, got, until=lambda: True, timeout=quiet)
+    return got
+
+
+def test_cli_verbs_against_a_running_daemon(agent: AgentProc, traffic: Traffic) -> None:
+    agent.start()
+    listener = traffic.listen(socket.AF_INET)
+
+    st = agent.cli_json("status")
+    (itf,) = st["interfaces"]
+    assert itf["attached"] and itf["mode"] == "native" and itf["name"] == agent.pair.target.ifname
+    assert st["program"]["id"] == agent.xdp_prog_id()
+    assert "1 deny" in st["policy"]["summary"]
+    human = agent.cli("status").stdout
+    assert "INTERFACE" in human and agent.pair.target.ifname in human
+
+    # ban answers only after the map write: the very next packet is dropped.
+    out = agent.cli("ban", BANNED, "--ttl", "10m", "--reason", "scanner").stdout
+    assert f"banned {BANNED}/32" in out
+    traffic.send(traffic.sender(BANNED), 20)
+    traffic.send(traffic.sender(LEGIT), 20)
+    got = received(traffic, listener)
+    assert got[BANNED] == 0 and got[LEGIT] == 20
+
+    bans = {b["prefix"]: b for b in agent.cli_json("bans")}
+    assert bans[f"{BANNED}/32"]["origin"] == "operator" and bans[f"{BANNED}/32"]["reason"] == "scanner"
+    assert 590 < bans[f"{BANNED}/32"]["ttl_seconds"] <= 600
+    assert bans["10.99.0.0/16"]["origin"] == "policy" and "policy deny" in bans["10.99.0.0/16"]["reason"]
+    assert "scanner" in agent.cli("bans").stdout
+
+    ex = agent.cli_json("explain", BANNED)
+    assert ex["verdict"].startswith("banned") and ex["entries"][0]["reason"] == "scanner"
+    ex = agent.cli_json("explain", str(agent.pair.target.ipv4))
+    assert ex["as_destination"]["group"] == "web"
+    assert "protected: group web" in agent.cli("explain", str(agent.pair.target.ipv4)).stdout
+
+    r = agent.cli("unban", "10.99.0.0/16", check=False)
+    assert r.returncode == 1 and "deny list" in r.stderr and "policy.yaml" in r.stderr
+    assert "unbanned" in agent.cli("unban", BANNED).stdout
+    traffic.send(traffic.sender(BANNED), 10)
+    assert received(traffic, listener)[BANNED] == 10
+
+    # Wrong arguments: one sentence, no traceback.
+    for args, msg in ((["ban", "300.1.2.3"], "not an IP address"), (["ban", "192.0.2.1/24"], "did you mean 192.0.2.0/24"),
+                      (["ban", BANNED, "--ttl", "soon"], "--ttl soon"), (["explain", "nope"], "not an IP address")):
+        r = agent.cli(*args, check=False)
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
+
+    assert "policy reloaded" in agent.cli("reload").stdout
+    agent.policy.write_text(agent.policy.read_text().replace("reason:", "reasn:"))
+    r = agent.cli("reload", check=False)
+    assert r.returncode == 1 and "reasn" in r.stderr and "previous policy keeps running" in r.stderr
+
+    res = agent.cli("detach").stdout
+    assert "detached" in res
+    assert agent.proc is not None and agent.proc.wait(20) == 0
+    assert agent.xdp_prog_id() == 0 and not Path(agent.pin_root).exists(), agent.log()[-3000:]
+
+
+def test_dead_daemon_says_so(tmp_path: Path) -> None:
+    from agent_proc import FLOODGUARD
+    import subprocess
+
+    r = subprocess.run([FLOODGUARD, "status", "--socket", str(tmp_path / "none.sock")], capture_output=True, text=True)
+    assert r.returncode == 1 and "not running" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_sigkill_leaves_bans_enforced_and_restart_finds_them(agent: AgentProc, traffic: Traffic) -> None:
+    agent.start()
+    listener = traffic.listen(socket.AF_INET)
+    agent.cli("ban", BANNED, "--reason", "kill test")
+    prog_before = agent.xdp_prog_id()
+    flood = Flood(traffic, BANNED)
+    flood.start()
+    try:
+        time.sleep(0.5)
+        agent.kill()
+        sent_at_kill = flood.sent
+        time.sleep(1.0)  # the daemon is dead; the kernel still enforces
+        assert flood.sent - sent_at_kill > 100
+        assert agent.xdp_prog_id() == prog_before
+        agent.start()
+        assert agent.xdp_prog_id() != prog_before  # replaced atomically by the new build
+        time.sleep(0.5)
+    finally:
+        flood.stop.set()
+        flood.join()
+    got = received(traffic, listener)
+    assert got[BANNED] == 0, f"{got[BANNED]} of {flood.sent} banned datagrams got through"
+    bans = {b["prefix"]: b for b in agent.cli_json("bans")}
+    assert bans[f"{BANNED}/32"]["reason"] == "kill test"
+    # counters survived: the banned datagrams of both lives are all counted
+    st = agent.cli_json("status")
+    assert st["bans"]["operator"] == 1
+    with Maps.from_pins(f"{agent.pin_root}/v{abi.ABI_VERSION}") as maps:
+        port = MapPort(maps)
+        banned = int(port.read_stats()[:, abi.Reason.BANNED, abi.TrafficClass.UDP, 0, 0].sum())
+        port.close()
+    assert banned >= flood.sent * 0.95, (banned, flood.sent)
+    assert agent.events("attached")[-1]["replaced"] == prog_before
+
+
+def test_reboot_restores_bans_from_the_state_file(agent: AgentProc, traffic: Traffic) -> None:
+    agent.start()
+    agent.cli("ban", BANNED, "--ttl", "1h", "--reason", "before reboot")
+    agent.stop()
+    # A reboot: the program and every pin are gone; /var/lib stays.
+    attach.detach(agent.pair.target.ifname, netns=agent.pair.target.ns)
+    for d in Path(agent.pin_root).iterdir():
+        loader.remove_pins(str(d))
+    assert (agent.dir / "state" / "state.json").exists()
+    agent.start()
+    bans = {b["prefix"]: b for b in agent.cli_json("bans")}
+    assert bans[f"{BANNED}/32"]["reason"] == "before reboot"
+    assert 3500 < bans[f"{BANNED}/32"]["ttl_seconds"] <= 3600
+    listener = traffic.listen(socket.AF_INET)
+    traffic.send(traffic.sender(BANNED), 10)
+    traffic.send(traffic.sender(LEGIT), 10)
+    got = received(traffic, listener)
+    assert got[BANNED] == 0 and got[LEGIT] == 10
+    assert agent.events("state_found")[-1]["source"] == "state file"
+
+
+def test_upgrade_migrates_the_pins_of_another_version(agent: AgentProc, traffic: Traffic) -> None:
+    # An "older" floodguard: its pins under v0, attached, with an operator ban.
+    old_dir = f"{agent.pin_root}/v0"
+    old = build_program(old_dir)
+    maps = Maps.from_program(old)
+    port = MapPort(maps)
+    ban(port, f"{BANNED}/32")
+    attach.attach(agent.pair.target.ifname, old.fd, attach.XdpMode.NATIVE, netns=agent.pair.target.ns)
+    old_id = old.id
+    port.close()
+    maps.close()
+    old.close()
+    listener = traffic.listen(socket.AF_INET)
+    flood = Flood(traffic, BANNED)
+    flood.start()
+    try:
+        time.sleep(0.3)
+        agent.start()
+        time.sleep(0.3)
+    finally:
+        flood.stop.set()
+        flood.join()
+    assert received(traffic, listener)[BANNED] == 0
+    assert agent.xdp_prog_id() not in (0, old_id)
+    bans = {b["prefix"]: b for b in agent.cli_json("bans")}
+    assert bans[f"{BANNED}/32"]["origin"] == "operator"
+    assert not Path(old_dir).exists() and not any(p.name.startswith("v0") for p in Path(agent.pin_root).iterdir())
+    assert agent.events("abi_changed")
+
+
+def test_interface_created_later_and_recreated_gets_the_program(agent: AgentProc) -> None:
+    pair = agent.pair
+    agent.write_policy(interfaces=["fgx0"])
+    agent.start()
+    assert agent.events("interface_unavailable")
+    with pair.topology.iproute(pair.target.ns) as ipr:
+        for _round in range(2):
+            ipr.link("add", ifname="fgx0", kind="veth", peer={"ifname": "fgx1"})
+            idx = ipr.link_lookup(ifname="fgx0")[0]
+            ipr.link("set", index=idx, state="up")
+            deadline = time.monotonic() + 1.0
+            while time.monotonic() < deadline and not agent.xdp_prog_id("fgx0"):
+                time.sleep(0.02)
+            assert agent.xdp_prog_id("fgx0") == agent.xdp_prog_id(), agent.log()[-3000:]
+            ipr.link("del", index=idx)
+            time.sleep(0.2)
+    deadline = time.monotonic() + 2.0
+    while len(agent.events("interface_lost")) < 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert len(agent.events("interface_lost")) == 2, agent.log()[-3000:]
+
+
+def test_notify_protocol(agent: AgentProc) -> None:
+    agent.start(watchdog_usec=400_000, wait=False)
+    assert agent.listener is not None
+    ready = agent.wait_ready()
+    # READY=1 only once the program is attached
+    assert agent.xdp_prog_id() != 0
+    assert agent.proc is not None and ready.pid == agent.proc.pid
+    pings = [agent.listener.wait_for("WATCHDOG", timeout=2) for _ in range(3)]
+    assert all(p.pid == agent.proc.pid for p in pings)
+    agent.signal(signal.SIGHUP)
+    agent.listener.wait_for("RELOADING", timeout=10)
+    agent.listener.wait_for("READY", timeout=10)
+    agent.signal(signal.SIGTERM)
+    agent.listener.wait_for("STOPPING", timeout=10)
+    assert agent.proc.wait(20) == 0
+    # Stopping leaves the program attached and enforcing.
+    assert agent.xdp_prog_id() != 0
+    order = [k for k in agent.listener.keys() if k != "WATCHDOG"]
+    assert re.fullmatch(r"(STATUS )?READY (STATUS )?RELOADING (STATUS )?READY (STATUS )?STOPPING( STATUS)?",
+                        " ".join(order)) or order.index("RELOADING") < order.index("STOPPING"), order
