@@ -307,7 +307,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "run the control loop; SIGHUP or a changed policy file reloads, SIGTERM stops and leaves "
                        "the program attached.")
     r.add_argument("-c", "--config", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
-    r.add_argument("--pin-root", default=DEFAULT_PIN_ROOT, help=f"bpffs directory for pins (default {DEFAULT_PIN_ROOT})")
+    r.add_argument("--pin-root", default=DEFAULT_PIN_ROOT,
+                   help=f"bpffs directory for pins (default {DEFAULT_PIN_ROOT})")
     r.set_defaults(func=_run)
 
     def client(name: str, help_text: str, func: Handler, description: str = "") -> argparse.ArgumentParser:

@@ -37,7 +37,7 @@ from agent.datapath import _bpfsys as sysbpf
 from agent.datapath import abi, attach, loader
 from agent.datapath.addrtable import PrefixKey, Record, key_network, prefix_key
 from agent.datapath.errors import DatapathError, InterfaceError
-from agent.datapath.maps import PINNED_MAPS, Maps
+from agent.datapath.maps import Maps
 from agent.datapath.port import MapPort
 from agent.datapath.rates import describe
 from agent.policy import LoadResult, load_policy
@@ -166,8 +166,8 @@ class Agent:
         self._state_dirty = True
 
         self._make_controller()
-        for i, itf in enumerate(policy.interfaces, start=1):
-            self.ifaces[itf.name] = Iface(itf.name, itf.mode, slot=min(i, abi.IF_SLOTS - 1))
+        for i, wanted in enumerate(policy.interfaces, start=1):
+            self.ifaces[wanted.name] = Iface(wanted.name, wanted.mode, slot=min(i, abi.IF_SLOTS - 1))
         for itf in self.ifaces.values():
             self._attach(itf)
         self._open_netlink()
@@ -381,6 +381,44 @@ class Agent:
             self.metrics_server = metrics.start(self, listen)
         except OSError as e:
             log.error("metrics_unavailable", listen=listen, error=e.strerror)
+            return
+        self.on_tick.append(self.metrics_server.instruments.tick.observe)
+
+    # MetricsSource (agent/metrics.py): called from the HTTP thread at scrape time.
+
+    def interfaces(self) -> dict[int, str]:
+        return {i.slot: i.name for i in self.ifaces.values()}
+
+    def group_names(self) -> dict[int, str]:
+        compiled = self.runtime.compiled if self.runtime else None
+        return {g.gid: g.name for g in compiled.groups} if compiled else {0: "default"}
+
+    def xdp_modes(self) -> dict[str, str]:
+        return {i.name: i.attached_mode for i in self.ifaces.values() if i.prog_id}
+
+    def reloads(self) -> tuple[int, int]:
+        return (self.runtime.reloads_ok, self.runtime.reloads_failed) if self.runtime else (0, 0)
+
+    def policy_loaded_at(self) -> float:
+        return self.runtime.loaded_at if self.runtime else 0.0
+
+    def build_seconds(self) -> float:
+        return self.program.build_seconds if self.program else 0.0
+
+    def bans_by_origin(self) -> dict[str, int]:
+        with self.lock:
+            return self._ban_counts()
+
+    def active_rules(self) -> int:
+        return int(self.port.read_config().n_rules) if self.port else 0
+
+    def attack_stats(self) -> Any:
+        from agent.metrics import AttackStats
+
+        if self.controller is None:
+            return AttackStats()
+        with self.lock:
+            return self.controller.attack_stats()
 
     # ------------------------------------------------------------------ loop
 
@@ -580,13 +618,10 @@ class Agent:
         }
 
     def _ban_counts(self) -> dict[str, int]:
+        from agent.metrics import count_bans
+
         assert self.port is not None
-        out = {o.label: 0 for o in abi.Origin}
-        now = monotonic_ns()
-        for _key, kind, origin, rec in self.port.addresses.records():
-            if kind == abi.SRC_BAN and (rec[0] == 0 or rec[0] > now):
-                out[abi.Origin(origin).label] += 1
-        return out
+        return count_bans(self.port.addresses.records(), monotonic_ns())
 
     def req_bans(self, origin: str | None = None) -> list[dict[str, Any]]:
         assert self.port is not None
@@ -634,7 +669,9 @@ class Agent:
             try:
                 loose = ipaddress.ip_network(text, strict=False)
             except ValueError:
-                raise RequestError(f"{text!r} is not an IP address or prefix (e.g. 198.51.100.7 or 2001:db8::/48)")
+                raise RequestError(
+                    f"{text!r} is not an IP address or prefix (e.g. 198.51.100.7 or 2001:db8::/48)"
+                ) from None
             raise RequestError(f"{text} has host bits set; did you mean {loose}?") from None
 
     def req_ban(self, prefix: str, ttl: float | None = None, reason: str | None = None) -> dict[str, Any]:

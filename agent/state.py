@@ -14,6 +14,7 @@ restarts.
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import tempfile
@@ -24,8 +25,6 @@ from typing import Any
 
 from agent.datapath import abi
 from agent.datapath.addrtable import PrefixKey, Record, key_network, prefix_key
-
-import ipaddress
 
 VERSION = 1
 FILENAME = "state.json"

@@ -86,7 +86,7 @@ def test_verifier_rejection_carries_the_tail_of_the_log(pin_dir: str) -> None:
     assert e.program == "xdp_oob"
     msg = str(e)
     assert msg.startswith("the kernel rejected xdp_oob (")
-    assert "last lines of the verifier log:" in msg
+    assert "Last lines of the verifier log:" in msg and "report it with this log" in msg
     # The verifier's own reason, and the log's last line, reach the operator.
     assert "invalid access to packet, off=100" in msg
     assert e.log.strip().splitlines()[-1] in msg

@@ -58,8 +58,9 @@ def test_classes_have_separate_buckets(h: Harness) -> None:
 
 
 def test_byte_limit(h: Harness) -> None:
-    # 1 Mbit/s with a burst of 2 full frames: about 3 KB at once.
-    protect(h, udp=(0, 1_000_000, 2))
+    # 100 kbit/s with a burst of 2 full frames: each 1,442-byte frame costs
+    # 115 ms of credit, so the clock cannot refill the bucket mid-test.
+    protect(h, udp=(0, 100_000, 2))
     big = bytes(eth() / IP(src="198.51.100.1", dst=DST) / UDP() / Raw(b"x" * 1400))
     got = reasons(h, [big] * 4)
     assert got[:2] == ["passed", "passed"] and got[-1] == "rate_limited"

@@ -91,13 +91,12 @@ class AgentProc:
         self.listener = NotifyListener(self.dir)
         self.listener.__enter__()
         env = {**os.environ, **self.listener.env(watchdog_usec=watchdog_usec)}
-        out = open(self.log_path, "ab")
-        self.proc = self.pair.topology.popen(
-            self.pair.target.ns,
-            [FLOODGUARD, "run", "-c", str(self.policy), "--pin-root", self.pin_root],
-            env=env, stdout=out, stderr=subprocess.STDOUT,
-        )
-        out.close()
+        with open(self.log_path, "ab") as out:
+            self.proc = self.pair.topology.popen(
+                self.pair.target.ns,
+                [FLOODGUARD, "run", "-c", str(self.policy), "--pin-root", self.pin_root],
+                env=env, stdout=out, stderr=subprocess.STDOUT,
+            )
         if wait:
             self.wait_ready()
 
