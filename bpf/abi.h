@@ -168,6 +168,7 @@ struct fg_rate {
 #define FG_GROUP_TIGHT       (1U << 1) /* tight[] replaces base[] until tight_expires */
 #define FG_GROUP_SYN_AUTH    (1U << 2) /* challenge unverified SYNs until syn_auth_expires */
 #define FG_GROUP_SYN_ALWAYS  (1U << 3) /* challenge unverified SYNs always */
+#define FG_GROUP_SYN_LEARN   (1U << 4) /* SYN auth configured: learn verified sources in calm times */
 
 /* A protected group (array; group 0 = everything not protected). */
 struct fg_group {
@@ -183,8 +184,8 @@ struct fg_group {
 
 /* Per-group state the program writes (array, indexed like groups). */
 struct fg_group_state {
-	__u64 challenge_tat;       /* GCRA state of fg_group.challenge */
-	__u64 pad;
+	__u64 challenge_tat;       /* GCRA state of fg_group.challenge (packets) */
+	__u64 pad;                 /* its byte dimension, unused */
 };
 
 /* fg_rule.flags */

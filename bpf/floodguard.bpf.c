@@ -275,6 +275,114 @@ static __always_inline int fg_over_limit(struct fg_ctx *c, struct fg_config *cfg
 	return !fg_rate_charge(&b->pkt_tat, &b->byte_tat, r, fg_now(c), c->len);
 }
 
+static __always_inline int fg_verified(struct fg_ctx *c)
+{
+	struct fg_verified *v;
+	if (c->p.family == 4) {
+		__u32 k = c->p.src[0];
+		v = verified4.lookup(&k);
+	} else {
+		struct fg_verified_key6 k = {};
+		__builtin_memcpy(k.addr, c->p.src, 16);
+		v = verified6.lookup(&k);
+	}
+	return v && fg_live(c, v->expires);
+}
+
+static __always_inline void fg_verify(struct fg_ctx *c, struct fg_config *cfg)
+{
+	struct fg_verified v = { .expires = fg_now(c) + cfg->syn_verified_ttl_ns };
+	if (c->p.family == 4) {
+		__u32 k = c->p.src[0];
+		verified4.update(&k, &v);
+	} else {
+		struct fg_verified_key6 k = {};
+		__builtin_memcpy(k.addr, c->p.src, 16);
+		verified6.update(&k, &v);
+	}
+}
+
+/* SYN authentication (synauth.h explains the method). Returns 1 when it
+ * decided the packet (c->reason and c->action set), 0 to go on. */
+static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, struct fg_config *cfg,
+				      struct fg_group *g, __u8 group_mon)
+{
+	__u8 flags = c->p.tcp_flags;
+	int active = (g->flags & FG_GROUP_SYN_ALWAYS) ||
+		     ((g->flags & FG_GROUP_SYN_AUTH) && fg_live(c, g->syn_auth_expires));
+
+	if (!active) {
+		/* Calm times: a source that completes a handshake (its pure ACK
+		 * follows a SYN that created its SYN bucket) is a real stack. */
+		if ((g->flags & FG_GROUP_SYN_LEARN) && (cfg->flags & FG_CFG_SYN_LEARN) &&
+		    (flags & (FG_TCP_SYN | FG_TCP_RST | FG_TCP_FIN | FG_TCP_ACK)) == FG_TCP_ACK &&
+		    c->p.family == 4) {
+			struct fg_bucket_key4 bk = { .addr = c->p.src[0], .group = c->group, .class = FG_CLASS_TCP_SYN };
+			if (buckets4.lookup(&bk) && !fg_verified(c))
+				fg_verify(c, cfg);
+		}
+		return 0;
+	}
+
+	if ((flags & (FG_TCP_RST | FG_TCP_ACK)) == FG_TCP_RST) {
+		/* A bare RST: the answer to a challenge, or a forgery. */
+		if (fg_verified(c))
+			return 0;
+		__u32 seq = fg_ntohl(c->p.tcp_seq);
+		if (seq == fg_cookie(&cfg->syn_key[0], c->p.src, c->p.dst, c->p.sport, c->p.dport) ||
+		    seq == fg_cookie(&cfg->syn_key[1], c->p.src, c->p.dst, c->p.sport, c->p.dport)) {
+			if (!group_mon)
+				fg_verify(c, cfg);
+			c->reason = FG_REASON_SYN_VERIFIED;
+		} else {
+			c->reason = FG_REASON_SYN_AUTH_FAILED;
+		}
+		c->action = XDP_DROP;
+		c->monitor = group_mon;
+		return 1;
+	}
+
+	if (c->p.class != FG_CLASS_TCP_SYN || fg_verified(c))
+		return 0;
+
+	c->monitor = group_mon;
+	__u32 hdrs = c->p.l3_off + (c->p.family == 4 ? 20 : 40);
+	if (c->p.l4_off != hdrs) {
+		/* IP options or IPv6 extension headers: no legitimate client
+		 * needs them on a SYN, and the challenge cannot be built in place. */
+		c->reason = FG_REASON_SYN_AUTH_FAILED;
+		c->action = XDP_DROP;
+		return 1;
+	}
+	__u32 gid = c->group;
+	struct fg_group_state *gs = group_state.lookup(&gid);
+	if (!gs || (!fg_rate_unlimited(&g->challenge) &&
+		    !fg_rate_charge(&gs->challenge_tat, &gs->pad, &g->challenge, fg_now(c), 60))) {
+		c->reason = FG_REASON_SYN_CHALLENGE_LIMITED;
+		c->action = XDP_DROP;
+		return 1;
+	}
+	c->reason = FG_REASON_SYN_CHALLENGED;
+	c->action = XDP_TX;
+	if (group_mon)
+		return 1; /* counted as challenged, passed untouched */
+
+	__u32 cookie = fg_cookie(&cfg->syn_key[0], c->p.src, c->p.dst, c->p.sport, c->p.dport);
+	int shrink = (int)(hdrs + 20) - (int)c->len;
+	/* The counters keep the length of the SYN as it arrived. */
+	if (shrink < 0 && bpf_xdp_adjust_tail(ctx, shrink))
+		goto fail;
+	void *data = (void *)(long)ctx->data;
+	void *data_end = (void *)(long)ctx->data_end;
+	if (fg_build_challenge(data, data_end, c->p.l3_off, c->p.family, cookie))
+		goto fail;
+	return 1;
+fail:
+	c->reason = FG_REASON_SYN_AUTH_FAILED;
+	c->action = XDP_DROP;
+	return 1;
+}
+
 int xdp_floodguard(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
@@ -360,14 +468,9 @@ int xdp_floodguard(struct xdp_md *ctx)
 
 	__u8 group_mon = global_mon || (grp->flags & FG_GROUP_MONITOR);
 
-	if (c->p.class == FG_CLASS_TCP_SYN || (c->p.tcp_flags & FG_TCP_RST)) {
-		int v = fg_synauth(ctx, &c->p, cfg, grp, c->group, fg_now(c), &c->reason);
-		if (v >= 0) {
-			c->action = v;
-			c->monitor = group_mon;
-			goto out;
-		}
-	}
+	if (c->p.proto == IPPROTO_TCP && grp->flags & (FG_GROUP_SYN_AUTH | FG_GROUP_SYN_ALWAYS | FG_GROUP_SYN_LEARN) &&
+	    fg_synauth(ctx, c, cfg, grp, group_mon))
+		goto out;
 
 	if (fg_over_limit(c, cfg, grp)) {
 		c->reason = FG_REASON_RATE_LIMITED;

@@ -81,6 +81,7 @@ struct fg_pkt {
 	__u16 dport;
 	__u16 l3_off;           /* offset of the IP header in the frame */
 	__u16 l4_off;           /* offset of the L4 header; 0 when not parsed */
+	__u32 tcp_seq;          /* TCP sequence number, network order */
 	__u8  family;           /* 4 or 6 */
 	__u8  proto;            /* L4 protocol after IPv6 extension headers */
 	__u8  tcp_flags;
@@ -226,6 +227,7 @@ static __always_inline void fg_parse_l4(struct fg_cursor *c, struct fg_pkt *p)
 		p->sport = fg_ntohs(th->source);
 		p->dport = fg_ntohs(th->dest);
 		p->tcp_flags = ((__u8 *)th)[13];
+		p->tcp_seq = th->seq;
 		if (!p->frag)
 			p->class = (p->tcp_flags & (FG_TCP_SYN | FG_TCP_ACK)) == FG_TCP_SYN ?
 				FG_CLASS_TCP_SYN : FG_CLASS_TCP_OTHER;

@@ -62,6 +62,7 @@ class GroupSpec:
     base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
     monitor: bool = False
     syn_always: bool = False
+    syn_learn: bool = False  # SYN auth configured: learn verified sources in calm times
     challenge_pps: int = 0
 
 
@@ -137,7 +138,10 @@ class MapPort:
             g.base[i] = r
         keep = g.flags & (abi.GROUP_TIGHT | abi.GROUP_SYN_AUTH)
         g.flags = (
-            keep | (abi.GROUP_MONITOR if spec.monitor else 0) | (abi.GROUP_SYN_ALWAYS if spec.syn_always else 0)
+            keep
+            | (abi.GROUP_MONITOR if spec.monitor else 0)
+            | (abi.GROUP_SYN_ALWAYS if spec.syn_always else 0)
+            | (abi.GROUP_SYN_LEARN if spec.syn_learn else 0)
         )
         g.challenge = make_rate(pps=spec.challenge_pps) if spec.challenge_pps else abi.Rate()
         self.maps["groups"].set(gid, g)

@@ -98,6 +98,7 @@ def compile_policy(policy: Policy, previous: CompiledPolicy | None = None) -> Co
             base=rates_of(policy.group_limits(g)),
             monitor=g.monitor,
             syn_always=g.syn_auth == "always",
+            syn_learn=g.syn_auth != "off",
             challenge_pps=challenge if g.syn_auth != "off" else 0,
         )
         groups.append(CompiledGroup(gid, g.name, spec, g))
