@@ -114,6 +114,7 @@ class Agent:
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._netlink: Any = None
         self._next_iface_check = 0.0
+        self._syn_rotated = 0.0
         self.tick_seconds: list[float] = []
         self.on_tick: list[Callable[[float], None]] = []
 
@@ -164,6 +165,7 @@ class Agent:
         if not outcome.ok:
             raise StartupError("cannot apply the policy: " + "; ".join(outcome.errors))
         self._state_dirty = True
+        self._rotate_syn_key(force=True)
 
         self._make_controller()
         for i, wanted in enumerate(policy.interfaces, start=1):
@@ -508,6 +510,7 @@ class Agent:
                              sample=[str(key_network(k)) for k, *_ in bans[:5]])
                 self._state_dirty = True
             self._update_rates()
+            self._rotate_syn_key()
             self._check_interfaces()
             if self._state_dirty:
                 self._save_state()
@@ -516,6 +519,20 @@ class Agent:
         del self.tick_seconds[:-1000]
         for f in self.on_tick:
             f(elapsed)
+
+    def _rotate_syn_key(self, force: bool = False) -> None:
+        """A new SYN challenge key every syn_auth.key_rotation; the program
+        accepts the current and the previous one."""
+        assert self.port is not None and self.runtime is not None and self.runtime.policy is not None
+        now = time.monotonic()
+        if not force and now - self._syn_rotated < self.runtime.policy.syn_auth.key_rotation:
+            return
+        from agent.datapath.synauth import new_key
+
+        cur = self.port.read_config().syn_key[0]
+        previous = (int(cur.k0), int(cur.k1)) if cur.k0 or cur.k1 else new_key()
+        self.port.set_syn_keys(current=new_key(), previous=previous)
+        self._syn_rotated = now
 
     def _update_rates(self) -> None:
         assert self.port is not None
