@@ -265,3 +265,28 @@ def test_notify_protocol(agent: AgentProc) -> None:
     assert agent.xdp_prog_id() != 0
     order = [k for k in agent.listener.keys() if k in ("READY", "RELOADING", "STOPPING")]  # noqa: SIM118
     assert order == ["READY", "RELOADING", "READY", "STOPPING"], order
+
+
+def test_live_scrape_passes_promtool(agent: AgentProc, traffic: Traffic) -> None:
+    import subprocess
+    import urllib.request
+
+    agent.start()
+    agent.cli("ban", BANNED)
+    listener = traffic.listen(socket.AF_INET)
+    traffic.send(traffic.sender(BANNED), 30)
+    traffic.send(traffic.sender(LEGIT), 20)
+    received(traffic, listener)
+    # The agent listens on the loopback of its own namespace.
+    url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
+    body = agent.pair.topology.call(agent.pair.target.ns, lambda: urllib.request.urlopen(url, timeout=10).read())
+    text = body.decode()
+    iface = agent.pair.target.ifname
+    banned = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                 if line.startswith("floodguard_packets_total{") and 'reason="banned"' in line
+                 and f'interface="{iface}"' in line)
+    assert banned == 30
+    assert 'floodguard_bans_active{origin="operator"} 1.0' in text
+    assert "floodguard_policy_reloads_total" in text and "floodguard_tick_duration_seconds_bucket" in text
+    check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
+    assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
