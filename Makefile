@@ -22,6 +22,16 @@ demo: setup
 
 bench: setup
 	$(FG) bench datapath
+	$(FG) bench prefixes
+	$(FG) bench policy
+
+# As a systemd service: a venv under /opt/floodguard, the unit, /etc/floodguard
+# (an existing policy is kept). `make uninstall PURGE=1` also removes policy and state.
+install:
+	@./scripts/install.sh
+
+uninstall:
+	@PURGE=$(PURGE) ./scripts/uninstall.sh
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .mypy_cache .ruff_cache
