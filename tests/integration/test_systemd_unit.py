@@ -440,3 +440,49 @@ def test_install_failure_is_one_sentence(tmp_path: Path) -> None:
     assert res.returncode != 0
     last = res.stderr.strip().splitlines()[-1]
     assert re.fullmatch(r"floodguard install: pip install into \S+ failed: the full log is \S+\.", last), res.stderr
+
+
+# =====================================================================================
+# docs/runbook.md agrees with the unit, the metrics reference and the dashboard.
+# =====================================================================================
+
+RUNBOOK = (REPO / "docs" / "runbook.md").read_text()
+
+
+def test_runbook_names_the_units_capabilities() -> None:
+    m = re.search(r"only `(CAP_[A-Z_ \n]+)`", RUNBOOK)
+    assert m, "the runbook's troubleshooting section names the capability set"
+    assert m.group(1).split() == unit_capabilities()
+
+
+def test_runbook_metrics_are_documented() -> None:
+    metrics = (REPO / "docs" / "metrics.md").read_text()
+    named = set(re.findall(r"floodguard_[a-z_]+", RUNBOOK))
+    assert named, "the runbook names metrics"
+    missing = sorted(n for n in named if f"`{n}`" not in metrics)
+    assert missing == []
+
+
+def test_runbook_panels_exist_in_the_dashboard() -> None:
+    import json
+
+    dashboard = json.loads((REPO / "contrib" / "grafana-dashboard.json").read_text())
+    titles: set[str] = set()
+
+    def walk(node: object) -> None:
+        if isinstance(node, dict):
+            if isinstance(node.get("title"), str):
+                titles.add(node["title"])
+            for v in node.values():
+                walk(v)
+        elif isinstance(node, list):
+            for v in node:
+                walk(v)
+
+    walk(dashboard)
+    table = RUNBOOK.split("| question | metric | panel |", 1)[1].split("\n\n", 1)[0]
+    panels = [row.rsplit("|", 2)[1].strip() for row in table.strip().splitlines()[1:]]
+    assert panels
+    for cell in panels:
+        for panel in cell.split(", "):
+            assert panel in titles, f"{panel!r} is not a panel of contrib/grafana-dashboard.json"
