@@ -88,7 +88,11 @@ class ControlServer:
                 log.warning("control_group_missing", group=group, socket=str(self.path),
                             hint=f"create it with `groupadd --system {group}`; only root can use the socket")
             else:
-                os.chown(self.path, 0, gid)
+                try:
+                    os.chown(self.path, 0, gid)
+                except PermissionError:
+                    log.warning("control_group_not_set", group=group, socket=str(self.path),
+                                hint="the agent lacks CAP_CHOWN; only root can use the socket")
         self._thread = threading.Thread(target=self._server.serve_forever, name="control", daemon=True)
 
     def start(self) -> None:

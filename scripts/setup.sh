@@ -28,6 +28,7 @@ packages=(
     prometheus          # promtool: checks metrics and alert rules in tests
     iptables nftables   # peers in the end-to-end benchmark
     ethtool util-linux kmod
+    systemd-container   # systemd-nspawn: the unit's test boots it under a real systemd
     linux-headers-amd64
 )
 missing=()
