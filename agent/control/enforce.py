@@ -1,0 +1,159 @@
+"""Writes the wanted mitigations to the port — only what changed, and refreshes expiries.
+
+Everything written carries an expiry of now + the group's ``ttl``. While an
+attack lasts the expiry is pushed forward once half of it has passed, so
+the kernel sees a write every ttl/2 rather than every tick, and if the
+daemon dies nothing outlives the ttl. Removing is explicit when an attack
+ends (the expiry is only the safety net).
+
+Rule order matters: the program applies the first matching rule only.
+Drops come before rate limits, and longer prefixes before shorter ones, so
+a host's drop rule is not hidden behind its group's aggregate limit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.datapath.abi import MAX_RULES, Origin, RuleAction
+from agent.datapath.port import RuleSpec
+
+from .mitigate import limits_syns
+from .port import ClassLimit, ControlPort
+
+NS = 1_000_000_000
+
+
+@dataclass
+class Wanted:
+    """What the active attacks want enforced this tick."""
+
+    tight: dict[int, tuple[tuple[ClassLimit, ...], float]] = field(default_factory=dict)  # gid -> (limits, ttl)
+    syn_auth: dict[int, float] = field(default_factory=dict)  # gid -> ttl
+    rules: list[tuple[str, RuleSpec, float]] = field(default_factory=list)  # (attack id, rule, ttl), by priority
+
+
+@dataclass
+class Changes:
+    """What this tick wrote, for the log and the attack records."""
+
+    tightened: list[int] = field(default_factory=list)  # new or changed limits
+    relaxed: list[int] = field(default_factory=list)
+    syn_on: list[int] = field(default_factory=list)
+    syn_off: list[int] = field(default_factory=list)
+    rules_added: list[tuple[str, RuleSpec]] = field(default_factory=list)
+    rules_removed: list[tuple[str, RuleSpec]] = field(default_factory=list)
+    rules_refused: list[tuple[str, RuleSpec, str]] = field(default_factory=list)  # (attack, rule, why)
+
+
+def _match(rule: RuleSpec) -> RuleSpec:
+    """A rule without its expiry and id: what makes it the same rule across ticks."""
+    return dataclasses.replace(rule, expires_ns=0, rule_id=0)
+
+
+def _order(rule: RuleSpec) -> tuple[int, int]:
+    return (0 if rule.action == RuleAction.DROP else 1, -rule.dst.prefixlen)
+
+
+class Enforcer:
+    """The controller's record of what it has written, and the diff to what it wants."""
+
+    def __init__(self, port: ControlPort, max_rules: int = MAX_RULES) -> None:
+        self.port = port
+        self.max_rules = max_rules
+        self.tight: dict[int, tuple[tuple[ClassLimit, ...], int]] = {}  # gid -> (limits, expires)
+        self.syn_auth: dict[int, int] = {}  # gid -> expires
+        self.rules: dict[tuple[str, RuleSpec], RuleSpec] = {}  # (attack id, match) -> written rule
+        self._next_rule_id = 1
+
+    def apply(self, now_ns: int, wanted: Wanted) -> Changes:
+        ch = Changes()
+        self._groups(now_ns, wanted, ch)
+        self._rules(now_ns, wanted, ch)
+        return ch
+
+    def _groups(self, now_ns: int, wanted: Wanted, ch: Changes) -> None:
+        for gid, (limits, ttl) in wanted.tight.items():
+            have = self.tight.get(gid)
+            if have is None or have[0] != limits or _due(have[1], now_ns, ttl):
+                exp = now_ns + int(ttl * NS)
+                self.port.tighten(gid, limits, exp)
+                if have is None or have[0] != limits:
+                    ch.tightened.append(gid)
+                self.tight[gid] = (limits, exp)
+        for gid in [g for g in self.tight if g not in wanted.tight]:
+            self.port.relax(gid)
+            del self.tight[gid]
+            ch.relaxed.append(gid)
+        for gid, ttl in wanted.syn_auth.items():
+            had = self.syn_auth.get(gid)
+            if had is None or _due(had, now_ns, ttl):
+                exp = now_ns + int(ttl * NS)
+                self.port.set_syn_auth(gid, exp)
+                if had is None:
+                    ch.syn_on.append(gid)
+                self.syn_auth[gid] = exp
+        for gid in [g for g in self.syn_auth if g not in wanted.syn_auth]:
+            self.port.set_syn_auth(gid, None)
+            del self.syn_auth[gid]
+            ch.syn_off.append(gid)
+
+    def _rules(self, now_ns: int, wanted: Wanted, ch: Changes) -> None:
+        chosen: list[tuple[str, RuleSpec, RuleSpec, float]] = []  # (attack, match, rule, ttl)
+        seen: set[tuple[str, RuleSpec]] = set()
+        for aid, rule, ttl in wanted.rules:
+            if limits_syns(rule):
+                ch.rules_refused.append((aid, rule, "would limit SYNs"))
+                continue
+            key = (aid, _match(rule))
+            if key in seen:
+                continue
+            if len(chosen) >= self.max_rules:
+                ch.rules_refused.append((aid, rule, f"rule table full ({self.max_rules})"))
+                continue
+            seen.add(key)
+            chosen.append((aid, key[1], rule, ttl))
+        refresh = any(
+            (aid, m) not in self.rules or _due(self.rules[(aid, m)].expires_ns, now_ns, ttl)
+            for aid, m, _r, ttl in chosen
+        )
+        gone = [k for k in self.rules if k not in seen]
+        if not refresh and not gone:
+            return
+        new: dict[tuple[str, RuleSpec], RuleSpec] = {}
+        for aid, m, rule, ttl in chosen:
+            old = self.rules.get((aid, m))
+            rid = old.rule_id if old is not None else self._take_id()
+            new[(aid, m)] = dataclasses.replace(
+                rule, expires_ns=now_ns + int(ttl * NS), rule_id=rid, origin=Origin.AUTO
+            )
+            if old is None:
+                ch.rules_added.append((aid, new[(aid, m)]))
+        for k in gone:
+            ch.rules_removed.append((k[0], self.rules[k]))
+        self.rules = new
+        self.port.set_auto_rules(sorted(new.values(), key=_order))
+
+    def remap(self, moves: dict[int, int]) -> None:
+        """Group ids changed on a reload (old -> new): follow what was written under the old ids.
+
+        The kernel's group entries moved with the policy apply, which rewrote
+        them without the tightening: the next apply writes it again."""
+        self.tight = {moves[g]: (lim, 0) for g, (lim, _e) in self.tight.items() if g in moves}
+        self.syn_auth = {moves[g]: 0 for g in self.syn_auth if g in moves}
+
+    def _take_id(self) -> int:
+        rid = self._next_rule_id
+        self._next_rule_id = rid % 0xFFFF_FFFF + 1
+        return rid
+
+    def written_rules(self) -> Sequence[RuleSpec]:
+        return sorted(self.rules.values(), key=_order)
+
+
+def _due(expires_ns: int, now_ns: int, ttl: float) -> bool:
+    """Refresh once half of the ttl has run out (also when the ttl itself got shorter)."""
+    left = expires_ns - now_ns
+    return left < ttl * NS / 2 or left > ttl * NS

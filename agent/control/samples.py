@@ -1,0 +1,154 @@
+"""Sampled packet headers: who sends the flood, from which ports, and whether the sources are real.
+
+The program copies 1 in ``sample_every`` packets; a count of samples times
+``sample_every`` over the tick length estimates a rate. Per-source maps are
+never scanned: everything about sources comes from here.
+
+*Persistent abusive sources* (ban candidates) are those estimated above an
+abusive rate in at least two consecutive ticks, with enough samples each
+tick that the estimate is not one lucky sample times ``sample_every``.
+
+*Spoofing*: a flood whose samples almost never repeat a source address
+(distinct sources / samples above the policy's ``spoof_ratio``, over enough
+samples) comes from forged addresses; banning them would ban innocent
+bystanders and fill the ban table, so nobody is banned.
+"""
+
+from __future__ import annotations
+
+from collections import Counter, deque
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from agent.datapath.abi import Reason
+
+from .port import IPAddress, PacketSample
+from .sketch import TopK
+
+#: A source needs this many samples in a tick before its rate estimate is trusted.
+MIN_SOURCE_SAMPLES = 3
+#: Ticks in a row above the abusive rate before a source is a ban candidate.
+PERSISTENT_TICKS = 2
+#: Samples needed before the distinct-source ratio says anything.
+MIN_SPOOF_SAMPLES = 50
+#: Ticks of samples kept for the spoofing estimate and the classification.
+WINDOW_TICKS = 5
+#: Samples of these reasons are not ban candidates: already allowlisted or banned.
+_NOT_CANDIDATES = (int(Reason.ALLOWLISTED), int(Reason.BANNED))
+
+
+@dataclass
+class TickSamples:
+    """One tick's samples, split by (group, class) series."""
+
+    samples: Sequence[PacketSample] = ()
+    by_series: dict[tuple[int, int], list[PacketSample]] = field(default_factory=dict)
+
+    @classmethod
+    def build(cls, samples: Sequence[PacketSample]) -> TickSamples:
+        out = cls(samples)
+        by = out.by_series
+        for s in samples:
+            key = (s.group, s.cls)
+            lst = by.get(key)
+            if lst is None:
+                by[key] = [s]
+            else:
+                lst.append(s)
+        return out
+
+    def sources(self) -> Counter[tuple[IPAddress, int]]:
+        """Samples per (source, group): counted only when someone asks (``floodguard top``)."""
+        return Counter((s.src, s.group) for s in self.samples)
+
+
+@dataclass(frozen=True)
+class SpoofVerdict:
+    spoofed: bool
+    why: str
+
+
+class AttackSamples:
+    """The sampled evidence of one attack, bounded in memory however long it lasts."""
+
+    def __init__(self, sample_every: int) -> None:
+        self.sample_every = max(sample_every, 1)
+        self.sources: TopK[IPAddress] = TopK(256)
+        self.sports: TopK[int] = TopK(64)
+        self.dports: TopK[int] = TopK(64)
+        self.protos: TopK[int] = TopK(16)
+        self.count = 0
+        self.seconds = 0.0
+        self._window: deque[list[PacketSample]] = deque(maxlen=WINDOW_TICKS)
+        self._streaks: dict[IPAddress, int] = {}
+        self._rates: dict[IPAddress, float] = {}
+
+    def add_tick(self, samples: Sequence[PacketSample], dt: float, abusive_pps: float) -> None:
+        """Fold in one tick of this attack's samples."""
+        self.count += len(samples)
+        self.seconds += dt
+        self._window.append(list(samples))
+        self.sources.update(Counter(s.src for s in samples))
+        self.sports.update(Counter(s.sport for s in samples))
+        self.dports.update(Counter(s.dport for s in samples))
+        self.protos.update(Counter(s.proto for s in samples))
+        per_source = Counter(s.src for s in samples if s.reason not in _NOT_CANDIDATES)
+        scale = self.sample_every / dt if dt > 0 else 0.0
+        streaks: dict[IPAddress, int] = {}
+        rates: dict[IPAddress, float] = {}
+        for src, n in per_source.items():
+            pps = n * scale
+            if n >= MIN_SOURCE_SAMPLES and pps > abusive_pps:
+                streaks[src] = self._streaks.get(src, 0) + 1
+                rates[src] = pps
+        self._streaks, self._rates = streaks, rates
+
+    def seed(self, ticks: Sequence[tuple[Sequence[PacketSample], float]], abusive_pps: float) -> None:
+        """Take in the ticks that led up to the start (the detector's consecutive ticks)."""
+        for samples, dt in ticks:
+            self.add_tick(samples, dt, abusive_pps)
+
+    def window(self) -> list[PacketSample]:
+        """The last few ticks' samples (for classification)."""
+        return [s for tick in self._window for s in tick]
+
+    def persistent(self) -> list[tuple[IPAddress, float]]:
+        """Sources abusive in the last PERSISTENT_TICKS ticks, heaviest first, with their rate."""
+        out = [(src, self._rates[src]) for src, n in self._streaks.items() if n >= PERSISTENT_TICKS]
+        out.sort(key=lambda x: -x[1])
+        return out
+
+    def spoofing(self, spoof_ratio: float) -> SpoofVerdict:
+        """Do the sources look forged? From the distinct-source ratio of the recent samples."""
+        recent = self.window()
+        n = len(recent)
+        if n < MIN_SPOOF_SAMPLES:
+            return SpoofVerdict(False, f"{n} samples: too few to judge spoofing")
+        distinct = len({s.src for s in recent})
+        ratio = distinct / n
+        if ratio > spoof_ratio:
+            return SpoofVerdict(
+                True, f"{distinct} distinct sources in {n} samples (ratio {ratio:.2f} > spoof_ratio {spoof_ratio})"
+            )
+        return SpoofVerdict(False, f"{distinct} distinct sources in {n} samples (ratio {ratio:.2f})")
+
+    def rate(self, count: int) -> float:
+        """A sample count over the whole attack as packets/s."""
+        return count * self.sample_every / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self, n: int = 10) -> dict[str, object]:
+        """Top sources and ports for the attack record."""
+
+        def rows(top: list[tuple[object, int]], key: str) -> list[dict[str, object]]:
+            total = max(self.count, 1)
+            return [
+                {key: k if isinstance(k, int) else str(k), "pps": round(self.rate(c)), "share": round(c / total, 3)}
+                for k, c in top
+            ]
+
+        return {
+            "samples": self.count,
+            "top_sources": rows(list(self.sources.top(n)), "source"),
+            "top_source_ports": rows(list(self.sports.top(n)), "port"),
+            "top_destination_ports": rows(list(self.dports.top(n)), "port"),
+        }

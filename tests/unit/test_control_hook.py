@@ -1,0 +1,209 @@
+"""agent/control/hook.py: the operator's hook gets JSON on stdin and never stalls the loop."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+from structlog.testing import capture_logs
+
+from agent.control.hook import HookRunner
+from agent.control.synthetic import Flow, Scenario, lab_data
+from agent.datapath.abi import TrafficClass
+from agent.policy.model import Policy
+
+WEB = ipaddress.ip_address("203.0.113.10")
+DEADLINE_S = 20.0
+
+
+def script(path: Path, body: str) -> Path:
+    """An executable Python script (no shell anywhere)."""
+    path.write_text(f"#!{sys.executable}\n{body}")
+    path.chmod(0o755)
+    return path
+
+
+def wait_for(what: Callable[[], bool], message: str) -> None:
+    """Poll until what() holds; fail with message after DEADLINE_S (the hook runs in another process)."""
+    end = time.monotonic() + DEADLINE_S
+    while not what():
+        if time.monotonic() > end:
+            pytest.fail(message)
+        time.sleep(0.02)
+
+
+@pytest.fixture
+def runner_factory() -> Iterator[Callable[..., HookRunner]]:
+    made: list[HookRunner] = []
+
+    def make(path: Path, **kw: float | int) -> HookRunner:
+        r = HookRunner(path, **kw)  # type: ignore[arg-type]
+        made.append(r)
+        return r
+
+    yield make
+    for r in made:
+        r.close()
+
+
+def test_the_hook_gets_each_record_as_json_on_stdin(tmp_path: Path, runner_factory: Callable[..., HookRunner]) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    hook = script(
+        tmp_path / "hook",
+        "import json, os, sys\n"
+        f"d = json.load(sys.stdin)\nopen(os.path.join({str(out)!r}, d['id']), 'w').write(json.dumps(d))\n",
+    )
+    r = runner_factory(hook)
+    for i in range(3):
+        assert r.submit({"event": "attack_started", "id": f"a{i}", "target": {"host": "203.0.113.10"}})
+    wait_for(lambda: len(list(out.iterdir())) == 3, "the hook did not run three times")
+    got = json.loads((out / "a1").read_text())
+    assert got == {"event": "attack_started", "id": "a1", "target": {"host": "203.0.113.10"}}
+    wait_for(lambda: r.ran == 3, "runs not counted")
+
+
+def test_no_shell_interprets_a_record(tmp_path: Path, runner_factory: Callable[..., HookRunner]) -> None:
+    marker = tmp_path / "pwned"
+    seen = tmp_path / "seen"
+    hook = script(tmp_path / "hook", f"import sys\nopen({str(seen)!r}, 'w').write(sys.stdin.read())\n")
+    r = runner_factory(hook)
+    r.submit({"event": "x", "id": f"$(touch {marker}); `touch {marker}`"})
+    wait_for(seen.exists, "the hook did not run")
+    assert not marker.exists()
+    assert "touch" in seen.read_text()
+
+
+def test_a_failing_hook_is_logged_with_its_exit_code_and_stderr(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner]
+) -> None:
+    hook = script(tmp_path / "hook", "import sys\nsys.stdin.read()\nprint('no route to ticketing', file=sys.stderr)\n"
+                                     "sys.exit(3)\n")
+    r = runner_factory(hook)
+    with capture_logs() as logs:
+        r.submit({"event": "attack_ended", "id": "a1"})
+        wait_for(lambda: r.failed == 1, "the failure was not counted")
+    (e,) = [e for e in logs if e["event"] == "hook_failed"]
+    assert e["exit_code"] == 3 and "no route to ticketing" in e["stderr"] and e["attack_id"] == "a1"
+
+
+def test_a_missing_hook_is_logged_not_raised(tmp_path: Path, runner_factory: Callable[..., HookRunner]) -> None:
+    r = runner_factory(tmp_path / "nope")
+    with capture_logs() as logs:
+        r.submit({"event": "attack_started", "id": "a1"})
+        wait_for(lambda: r.failed == 1, "the failure was not counted")
+    assert [e["event"] for e in logs] == ["hook_failed"]
+
+
+def test_a_slow_hook_is_killed_at_its_timeout_with_its_children(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner]
+) -> None:
+    pids = tmp_path / "pids"
+    hook = script(
+        tmp_path / "hook",
+        "import os, subprocess, sys, time\n"
+        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(600)\n",
+    )
+    r = runner_factory(hook, timeout_s=0.5)
+    with capture_logs() as logs:
+        r.submit({"event": "attack_started", "id": "a1"})
+        wait_for(lambda: r.failed == 1, "the timeout was not counted")
+    assert [e["event"] for e in logs] == ["hook_timeout"]
+    for pid in map(int, pids.read_text().split()):
+        wait_for(lambda pid=pid: not _alive(pid), f"process {pid} of the hook outlived its timeout")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose (its parent reaps it later).
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+def test_a_full_queue_drops_records_with_a_log_line(tmp_path: Path, runner_factory: Callable[..., HookRunner]) -> None:
+    started = tmp_path / "started"
+    hook = script(tmp_path / "hook", f"import time\nopen({str(started)!r}, 'w')\ntime.sleep(600)\n")
+    r = runner_factory(hook, timeout_s=300, queue_size=2)
+    with capture_logs() as logs:
+        r.submit({"event": "attack_started", "id": "running"})
+        wait_for(started.exists, "the hook did not start")
+        results = [r.submit({"event": "attack_started", "id": f"q{i}"}) for i in range(5)]
+    assert results == [True, True, False, False, False]
+    assert r.dropped == 3
+    dropped = [e for e in logs if e["event"] == "hook_dropped"]
+    assert [e["attack_id"] for e in dropped] == ["q2", "q3", "q4"]
+
+
+# --- with the controller ---------------------------------------------------------------------------
+
+
+def _policy(hook: Path) -> Policy:
+    data = lab_data()
+    data["mitigation"]["hook"] = str(hook)
+    return Policy.model_validate(data)
+
+
+def test_the_controller_hands_started_and_ended_attacks_to_the_hook(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    out.mkdir()
+    hook = script(
+        tmp_path / "hook",
+        "import json, os, sys\n"
+        f"d = json.load(sys.stdin)\nopen(os.path.join({str(out)!r}, d['event']), 'w').write(json.dumps(d))\n",
+    )
+    sc = Scenario.build(_policy(hook))
+    try:
+        gid = sc.gid("servers")
+        sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 1000, sources=(ipaddress.ip_address("100.64.1.1"),)))
+        sc.run(10)
+        sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 200_000, sport=123, dport=None, start_s=sc.replay.t,
+                           stop_s=sc.replay.t + 3))
+        sc.run(10)
+        wait_for(lambda: {p.name for p in out.iterdir()} == {"attack_started", "attack_ended"},
+                 "the hook did not get both events")
+    finally:
+        sc.controller.close()
+    started = json.loads((out / "attack_started").read_text())
+    ended = json.loads((out / "attack_ended").read_text())
+    assert started["id"] == ended["id"] and started["vector"] == "udp_reflection" and started["service"] == "ntp"
+    assert started["active"] is True and ended["active"] is False and ended["end_reason"] == "hold_down"
+    assert started["target"]["host"] == str(WEB)
+
+
+def test_a_hanging_hook_does_not_stall_the_ticks(tmp_path: Path) -> None:
+    started = tmp_path / "started"
+    hook = script(tmp_path / "hook", f"import time\nopen({str(started)!r}, 'w')\ntime.sleep(600)\n")
+    sc = Scenario.build(_policy(hook), hook_timeout_s=300, hook_queue=1)
+    try:
+        gid = sc.gid("servers")
+        sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 1000, sources=(ipaddress.ip_address("100.64.1.1"),)))
+        sc.run(10)
+        # Attacks that come and go: every start and end is a record for the hook.
+        sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, lambda t: 200_000 if int(t) % 10 < 3 else 0,
+                           sport=123, dport=None, start_s=sc.replay.t))
+        with capture_logs() as logs:
+            sc.run(5)
+            wait_for(started.exists, "the hook did not start")
+            reports = sc.run(60)
+        # 240 ticks ran while the hook slept: none waited for it.
+        assert len(reports) == 60 / sc.tick_s
+        assert not sc.controller._hook or sc.controller._hook.ran == 0
+        ended = [e for e in logs if e["event"] == "attack_ended"]
+        assert len(ended) >= 5
+        assert [e for e in logs if e["event"] == "hook_dropped"], "records beyond the queue are dropped, logged"
+        assert sc.controller.stats().hook_dropped > 0
+    finally:
+        sc.controller.close()
