@@ -119,6 +119,7 @@ class Controller:
         self._recent: deque[Attack] = deque(maxlen=keep_recent)
         self._targets: dict[str, Target] = {}
         self._shapes: dict[str, Classification] = {}
+        self._protocols: dict[str, list[int]] = {}
         self._applied: dict[str, set[str]] = {}
         self._pending: dict[tuple[int, int], deque[tuple[list[PacketSample], float]]] = {}
         self._seq = 0
@@ -277,7 +278,9 @@ class Controller:
         if pps > t_pps or a.id not in self._shapes:
             # Classify while the flood is there; during the hold-down what remains is
             # the normal traffic, which must not turn the attack into something else.
-            self._shapes[a.id] = classify(cls, a.evidence.window())
+            window = a.evidence.window()
+            self._shapes[a.id] = classify(cls, window)
+            self._protocols[a.id] = top_protocols(window, 2)
         shape = self._shapes[a.id]
         a.flood = str(shape.vector)
         a.vector = str(Vector.CARPET_BOMBING) if tgt is not None and tgt.carpet else a.flood
@@ -413,9 +416,8 @@ class Controller:
         if tgt is None and len(self._settings.groups[a.gid].prefixes) <= MAX_CARPET_PREFIXES:
             nets = self._settings.groups[a.gid].prefixes
         t_pps, t_bps = self._scope_thresholds(a)
-        recent = a.evidence.window()
         return plan_rules(
-            Vector(a.flood), shape, nets, a.gid, t_pps, t_bps, a.monitor, top_protocols(recent, 2) if recent else ()
+            Vector(a.flood), shape, nets, a.gid, t_pps, t_bps, a.monitor, self._protocols.get(a.id, ())
         )
 
     def _abusive_pps(self, view: GroupView, cls: int) -> float:
@@ -533,6 +535,7 @@ class Controller:
                 self._removed_entry(a, now, "syn_auth", {"stopped": a.gid in ch.syn_off})
             self._targets.pop(a.id, None)
             self._shapes.pop(a.id, None)
+            self._protocols.pop(a.id, None)
 
     def _applied_entry(self, a: Attack, now: int, step: str, detail: dict[str, Any]) -> None:
         self._entry(a, now, step, "applied", detail, monitor=a.monitor)

@@ -139,8 +139,13 @@ class Enforcer:
     def remap(self, moves: dict[int, int]) -> None:
         """Group ids changed on a reload (old -> new): follow what was written under the old ids.
 
-        The kernel's group entries moved with the policy apply, which rewrote
-        them without the tightening: the next apply writes it again."""
+        The policy apply kept each id's tightening in the kernel, but an old id
+        may now be another group's: lift it there, and let the next apply write
+        it again under the new id (expiry 0 = due)."""
+        for g in [g for g in self.tight if moves.get(g, g) != g]:
+            self.port.relax(g)
+        for g in [g for g in self.syn_auth if moves.get(g, g) != g]:
+            self.port.set_syn_auth(g, None)
         self.tight = {moves[g]: (lim, 0) for g, (lim, _e) in self.tight.items() if g in moves}
         self.syn_auth = {moves[g]: 0 for g in self.syn_auth if g in moves}
 

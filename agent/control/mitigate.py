@@ -34,7 +34,8 @@ from agent.datapath.abi import RuleAction
 from agent.datapath.port import RuleSpec
 
 from .port import ClassLimit
-from .vectors import TCP_ACK, TCP_KIND_MASK, TCP_SYN, Classification, Vector
+from .samples import TCP_KIND_MASK
+from .vectors import TCP_ACK, TCP_SYN, Classification, Vector
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -138,7 +139,9 @@ def plan_rules(
             # Non-first fragments have no ports (0); first fragments and whole packets do.
             protos = [shape.proto] if shape.proto is not None else [p for p in protocols[:2] if p]
             for p in protos:
-                add(net, p, RuleAction.DROP, sport=(0, 0), dport=(0, 0))
+                # Later fragments carry no TCP flags either; excluding SYN keeps the rule provably SYN-free.
+                flags = (TCP_SYN, 0) if p == IPPROTO_TCP else (0, 0)
+                add(net, p, RuleAction.DROP, sport=(0, 0), dport=(0, 0), flags=flags)
         elif flood is Vector.ICMP_FLOOD:
             proto = IPPROTO_ICMP if net.version == 4 else IPPROTO_ICMPV6
             if shape.icmp_type is not None and not (net.version == 6 and 133 <= shape.icmp_type <= 137):

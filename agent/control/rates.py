@@ -59,7 +59,7 @@ class GroupRates:
 
 @dataclass(frozen=True)
 class DstRates:
-    """Per (host, class) rates over one tick. Rows are sorted by address, not in read order."""
+    """Per (host, class) rates over one tick; rows in no particular order."""
 
     dt: float
     family: NDArray[np.uint8]
@@ -106,23 +106,21 @@ class _HostKeys:
         return out
 
 
-@dataclass(frozen=True)
-class _Sorted:
-    """A snapshot with its rows sorted by host key (what the next tick joins against)."""
-
-    keys: NDArray[np.uint64]
-    snap: DstSnapshot
-
-
 class RateMeter:
-    """Turns successive counter reads into rates; remembers only the last read."""
+    """Turns successive counter reads into rates; remembers only the last read.
+
+    Hosts are matched between reads by a 64-bit key. A hash map is read in
+    bucket order, which does not change while the set of hosts does not: then
+    the rows line up and no matching is needed. Otherwise the last read is
+    sorted by key once and each host found by binary search.
+    """
 
     def __init__(self) -> None:
         self._at_ns: int | None = None
         self._groups: NDArray[np.uint64] | None = None
-        self._dst: _Sorted | None = None
+        self._dst: DstSnapshot | None = None
+        self._dst_keys: NDArray[np.uint64] = np.zeros(0, dtype=np.uint64)
         self._host_keys = _HostKeys()
-        self._order: tuple[NDArray[np.uint64], NDArray[np.intp]] | None = None
 
     def reset(self) -> None:
         """Forget the last read: the next one only sets a new starting point."""
@@ -134,30 +132,15 @@ class RateMeter:
         self, now_ns: int, groups: NDArray[np.uint64], dst: DstSnapshot
     ) -> tuple[GroupRates, DstRates] | None:
         """Rates since the previous read, or None on the first read (or a clock that did not move)."""
-        prev_ns, prev_groups, prev_dst = self._at_ns, self._groups, self._dst
+        prev_ns, prev_groups, prev_dst, prev_keys = self._at_ns, self._groups, self._dst, self._dst_keys
         if prev_ns is not None and now_ns <= prev_ns:
             return None  # nothing elapsed: keep the older starting point
-        cur = self._sort(dst)
-        self._at_ns, self._groups, self._dst = now_ns, groups, cur
+        keys = self._host_keys.keys(dst)
+        self._at_ns, self._groups, self._dst, self._dst_keys = now_ns, groups, dst, keys
         if prev_ns is None or prev_groups is None or prev_dst is None:
             return None
         dt = (now_ns - prev_ns) / 1e9
-        return self._group_rates(groups, prev_groups, dt), self._dst_rates(cur, prev_dst, dt)
-
-    def _sort(self, snap: DstSnapshot) -> _Sorted:
-        keys = self._host_keys.keys(snap)
-        if len(keys) > 1 and not bool(np.all(keys[1:] > keys[:-1])):
-            # A hash map is read in bucket order, the same from tick to tick while
-            # the set of hosts does not change: reuse the last sort when it does not.
-            last = self._order
-            if last is not None and len(last[0]) == len(keys) and np.array_equal(last[0], keys):
-                o = last[1]
-            else:
-                o = np.argsort(keys, kind="stable")
-                self._order = (keys, o)
-            keys = keys[o]
-            snap = DstSnapshot(snap.family[o], snap.addr_hi[o], snap.addr_lo[o], snap.group[o], snap.counters[o])
-        return _Sorted(keys, snap)
+        return self._group_rates(groups, prev_groups, dt), self._dst_rates(dst, keys, prev_dst, prev_keys, dt)
 
     @staticmethod
     def _group_rates(cur: NDArray[np.uint64], prev: NDArray[np.uint64], dt: float) -> GroupRates:
@@ -175,26 +158,28 @@ class RateMeter:
         )
 
     @staticmethod
-    def _dst_rates(cur: _Sorted, prev: _Sorted, dt: float) -> DstRates:
-        c, p = cur.snap.counters, prev.snap.counters
-        if len(prev.keys) == 0:
+    def _dst_rates(
+        cur: DstSnapshot, keys: NDArray[np.uint64], prev: DstSnapshot, prev_keys: NDArray[np.uint64], dt: float
+    ) -> DstRates:
+        c, p = cur.counters, prev.counters
+        if len(prev_keys) == 0:
             old = np.zeros_like(c)
-        elif len(prev.keys) == len(cur.keys) and np.array_equal(prev.keys, cur.keys):
+        elif len(prev_keys) == len(keys) and np.array_equal(prev_keys, keys):
             old = p
         else:
-            # Both sides are sorted: the join walks memory in order.
-            idx = np.minimum(np.searchsorted(prev.keys, cur.keys), len(prev.keys) - 1)
-            found = prev.keys[idx] == cur.keys
+            order = np.argsort(prev_keys, kind="stable")
+            ranked = prev_keys[order]
+            pos = np.minimum(np.searchsorted(ranked, keys), len(ranked) - 1)
+            found = ranked[pos] == keys
             # A host first counted since the last read: all of its count is new.
-            old = np.where(found[:, None, None], p[idx], np.uint64(0))
+            old = np.where(found[:, None, None], p[order[pos]], np.uint64(0))
         d = counter_delta(c, old).astype(np.float64)
-        snap = cur.snap
         return DstRates(
             dt=dt,
-            family=snap.family,
-            addr_hi=snap.addr_hi,
-            addr_lo=snap.addr_lo,
-            group=snap.group,
+            family=cur.family,
+            addr_hi=cur.addr_hi,
+            addr_lo=cur.addr_lo,
+            group=cur.group,
             pps=d[:, D_PACKETS] / dt,
             bps=d[:, D_BYTES] * (8.0 / dt),
             dropped_pps=d[:, D_DROPPED] / dt,

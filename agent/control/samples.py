@@ -16,6 +16,7 @@ bystanders and fill the ban table, so nobody is banned.
 
 from __future__ import annotations
 
+import ipaddress
 from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -35,6 +36,17 @@ MIN_SPOOF_SAMPLES = 50
 WINDOW_TICKS = 5
 #: Samples of these reasons are not ban candidates: already allowlisted or banned.
 _NOT_CANDIDATES = (int(Reason.ALLOWLISTED), int(Reason.BANNED))
+_V6 = 1 << 128
+
+
+def source_key(addr: IPAddress) -> int:
+    """An address as a plain int key (IPv6 above 2**128): ipaddress objects hash slowly,
+    and a spoofed flood brings tens of thousands of them per tick."""
+    return int(addr) if addr.version == 4 else int(addr) | _V6
+
+
+def source_address(key: int) -> IPAddress:
+    return ipaddress.IPv6Address(key ^ _V6) if key >= _V6 else ipaddress.IPv4Address(key)
 
 
 @dataclass
@@ -68,34 +80,78 @@ class SpoofVerdict:
     why: str
 
 
+#: TCP flags that tell floods apart (FIN, SYN, RST, ACK; PSH and URG vary within one kind).
+TCP_KIND_MASK = 0x17
+
+
+@dataclass
+class SampleStats:
+    """Counts over a set of samples: what classification and spoofing need, without the samples."""
+
+    total: int = 0
+    sources: Counter[int] = field(default_factory=Counter)  # by source_key
+    sports: Counter[int] = field(default_factory=Counter)
+    dports: Counter[int] = field(default_factory=Counter)
+    protos: Counter[int] = field(default_factory=Counter)
+    tcp_kinds: Counter[int] = field(default_factory=Counter)  # tcp_flags & TCP_KIND_MASK
+    port_sports: Counter[int] = field(default_factory=Counter)  # source ports of samples that have one
+
+    @classmethod
+    def of(cls, samples: Sequence[PacketSample]) -> SampleStats:
+        sports = Counter(s.sport for s in samples)
+        return cls(
+            total=len(samples),
+            sources=Counter(source_key(s.src) for s in samples),
+            sports=sports,
+            dports=Counter(s.dport for s in samples),
+            protos=Counter(s.proto for s in samples),
+            tcp_kinds=Counter(s.tcp_flags & TCP_KIND_MASK for s in samples),
+            port_sports=Counter({p: n for p, n in sports.items() if p}),
+        )
+
+    def merge_shape(self, other: SampleStats) -> None:
+        """Add another's counts of everything but the sources."""
+        self.total += other.total
+        for mine, theirs in (
+            (self.sports, other.sports),
+            (self.dports, other.dports),
+            (self.protos, other.protos),
+            (self.tcp_kinds, other.tcp_kinds),
+            (self.port_sports, other.port_sports),
+        ):
+            mine.update(theirs)
+
+
 class AttackSamples:
     """The sampled evidence of one attack, bounded in memory however long it lasts."""
 
     def __init__(self, sample_every: int) -> None:
         self.sample_every = max(sample_every, 1)
-        self.sources: TopK[IPAddress] = TopK(256)
+        self.sources: TopK[int] = TopK(256)  # by source_key
         self.sports: TopK[int] = TopK(64)
         self.dports: TopK[int] = TopK(64)
-        self.protos: TopK[int] = TopK(16)
         self.count = 0
         self.seconds = 0.0
-        self._window: deque[list[PacketSample]] = deque(maxlen=WINDOW_TICKS)
-        self._streaks: dict[IPAddress, int] = {}
-        self._rates: dict[IPAddress, float] = {}
+        self._window: deque[SampleStats] = deque(maxlen=WINDOW_TICKS)
+        self._streaks: dict[int, int] = {}
+        self._rates: dict[int, float] = {}
 
     def add_tick(self, samples: Sequence[PacketSample], dt: float, abusive_pps: float) -> None:
         """Fold in one tick of this attack's samples."""
-        self.count += len(samples)
+        stats = SampleStats.of(samples)
+        self.count += stats.total
         self.seconds += dt
-        self._window.append(list(samples))
-        self.sources.update(Counter(s.src for s in samples))
-        self.sports.update(Counter(s.sport for s in samples))
-        self.dports.update(Counter(s.dport for s in samples))
-        self.protos.update(Counter(s.proto for s in samples))
-        per_source = Counter(s.src for s in samples if s.reason not in _NOT_CANDIDATES)
+        self._window.append(stats)
+        self.sources.update(stats.sources)
+        self.sports.update(stats.sports)
+        self.dports.update(stats.dports)
+        per_source = stats.sources
+        excluded = Counter(source_key(s.src) for s in samples if s.reason in _NOT_CANDIDATES)
+        if excluded:
+            per_source = per_source - excluded
         scale = self.sample_every / dt if dt > 0 else 0.0
-        streaks: dict[IPAddress, int] = {}
-        rates: dict[IPAddress, float] = {}
+        streaks: dict[int, int] = {}
+        rates: dict[int, float] = {}
         for src, n in per_source.items():
             pps = n * scale
             if n >= MIN_SOURCE_SAMPLES and pps > abusive_pps:
@@ -108,23 +164,25 @@ class AttackSamples:
         for samples, dt in ticks:
             self.add_tick(samples, dt, abusive_pps)
 
-    def window(self) -> list[PacketSample]:
-        """The last few ticks' samples (for classification)."""
-        return [s for tick in self._window for s in tick]
+    def window(self) -> SampleStats:
+        """Counts over the last few ticks' samples (for classification; without the sources)."""
+        out = SampleStats()
+        for stats in self._window:
+            out.merge_shape(stats)
+        return out
 
     def persistent(self) -> list[tuple[IPAddress, float]]:
         """Sources abusive in the last PERSISTENT_TICKS ticks, heaviest first, with their rate."""
         out = [(src, self._rates[src]) for src, n in self._streaks.items() if n >= PERSISTENT_TICKS]
         out.sort(key=lambda x: -x[1])
-        return out
+        return [(source_address(src), pps) for src, pps in out]
 
     def spoofing(self, spoof_ratio: float) -> SpoofVerdict:
         """Do the sources look forged? From the distinct-source ratio of the recent samples."""
-        recent = self.window()
-        n = len(recent)
+        n = sum(stats.total for stats in self._window)
         if n < MIN_SPOOF_SAMPLES:
             return SpoofVerdict(False, f"{n} samples: too few to judge spoofing")
-        distinct = len({s.src for s in recent})
+        distinct = len(set().union(*(stats.sources for stats in self._window)))
         ratio = distinct / n
         if ratio > spoof_ratio:
             return SpoofVerdict(
@@ -141,14 +199,11 @@ class AttackSamples:
 
         def rows(top: list[tuple[object, int]], key: str) -> list[dict[str, object]]:
             total = max(self.count, 1)
-            return [
-                {key: k if isinstance(k, int) else str(k), "pps": round(self.rate(c)), "share": round(c / total, 3)}
-                for k, c in top
-            ]
+            return [{key: k, "pps": round(self.rate(c)), "share": round(c / total, 3)} for k, c in top]
 
         return {
             "samples": self.count,
-            "top_sources": rows(list(self.sources.top(n)), "source"),
+            "top_sources": rows([(str(source_address(k)), c) for k, c in self.sources.top(n)], "source"),
             "top_source_ports": rows(list(self.sports.top(n)), "port"),
             "top_destination_ports": rows(list(self.dports.top(n)), "port"),
         }

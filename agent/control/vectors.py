@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from agent.datapath.abi import TrafficClass
 
 from .port import PacketSample
+from .samples import SampleStats
 
 
 class Vector(enum.StrEnum):
@@ -83,8 +84,6 @@ _BY_CLASS: Mapping[int, Vector] = {
 }
 
 TCP_FIN, TCP_SYN, TCP_RST, TCP_PSH, TCP_ACK = 0x01, 0x02, 0x04, 0x08, 0x10
-#: The flags that tell TCP floods apart (PSH and URG vary within one kind).
-TCP_KIND_MASK = TCP_FIN | TCP_SYN | TCP_RST | TCP_ACK
 
 
 def class_vector(cls: int) -> Vector:
@@ -118,38 +117,37 @@ def _dominant(counts: Counter[int], total: int, share: float) -> int | None:
     return value if n >= share * total else None
 
 
-def classify(cls: int, samples: Sequence[PacketSample]) -> Classification:
+def classify(cls: int, samples: SampleStats | Sequence[PacketSample]) -> Classification:
     """The flood vector of a class's attack, refined by its samples (which all have that class)."""
+    stats = samples if isinstance(samples, SampleStats) else SampleStats.of(samples)
     base = class_vector(cls)
-    total = len(samples)
+    total = stats.total
     if not total:
         return Classification(base)
-    sports = Counter(s.sport for s in samples)
-    dports = Counter(s.dport for s in samples)
-    protos = Counter(s.proto for s in samples)
-    sport = _dominant(sports, total, NARROW_SHARE)
-    dport = _dominant(dports, total, NARROW_SHARE)
-    proto = _dominant(protos, total, NARROW_SHARE)
+    sport = _dominant(stats.sports, total, NARROW_SHARE)
+    dport = _dominant(stats.dports, total, NARROW_SHARE)
+    proto = _dominant(stats.protos, total, NARROW_SHARE)
     flags = icmp_type = None
     service = None
     vector = base
     if base is Vector.UDP_FLOOD:
-        top_port = _dominant(sports, total, DOMINANT_SHARE)
+        top_port = _dominant(stats.sports, total, DOMINANT_SHARE)
         if top_port is not None and top_port in REFLECTION_PORTS:
             vector, service, sport = Vector.UDP_REFLECTION, REFLECTION_PORTS[top_port], top_port
     elif base is Vector.TCP_OTHER_FLOOD:
-        flags = _dominant(Counter(s.tcp_flags & TCP_KIND_MASK for s in samples), total, NARROW_SHARE)
+        flags = _dominant(stats.tcp_kinds, total, NARROW_SHARE)
     elif base is Vector.ICMP_FLOOD:
         icmp_type = sport  # the parser puts the ICMP type in the source port
     elif base is Vector.FRAGMENT_FLOOD:
         # First fragments carry ports: an amplified answer too big for one packet.
-        firsts = Counter(s.sport for s in samples if s.sport)
+        firsts = stats.port_sports
         top = _dominant(firsts, sum(firsts.values()), DOMINANT_SHARE)
         if top is not None and top in REFLECTION_PORTS and (proto in (None, 17)):
             service = REFLECTION_PORTS[top]
     return Classification(vector, service, sport, dport, proto, flags, icmp_type, total)
 
 
-def top_protocols(samples: Sequence[PacketSample], n: int) -> list[int]:
+def top_protocols(samples: SampleStats | Sequence[PacketSample], n: int) -> list[int]:
     """The n most sampled IP protocols (for rules over a mixed flood)."""
-    return [p for p, _ in Counter(s.proto for s in samples).most_common(n)]
+    stats = samples if isinstance(samples, SampleStats) else SampleStats.of(samples)
+    return [p for p, _ in stats.protos.most_common(n)]
