@@ -79,6 +79,7 @@ class Attack:
     first_mitigation_ns: int | None = None
     logged_peak_pps: float = 0.0
     logged_at_ns: int = 0
+    updated_ns: int = 0  # the last tick that saw it
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -106,7 +107,7 @@ class Attack:
         return max(0.0, (self.first_mitigation_ns - self.first_over_ns) / 1e9)
 
     def duration_s(self, now_ns: int) -> float:
-        return ((self.end_ns if self.end_ns is not None else now_ns) - self.start_ns) / 1e9
+        return max(0, (self.end_ns if self.end_ns is not None else now_ns) - self.start_ns) / 1e9
 
     def note(self, text: str) -> None:
         """Record a decision once (e.g. why nobody was banned)."""
@@ -139,7 +140,7 @@ class Attack:
             "started_at": self.started_at,
             "ended_at": self.ended_at,
             "end_reason": self.end_reason,
-            "duration_s": round(self.duration_s(now_ns if now_ns is not None else self.end_ns or self.start_ns), 3),
+            "duration_s": round(self.duration_s(now_ns if now_ns is not None else self.updated_ns), 3),
             "threshold_pps": _num(self.threshold_pps),
             "threshold_bps": _num(self.threshold_bps),
             "host_threshold_pps": _num(self.host_threshold_pps) if self.host_threshold_pps is not None else None,

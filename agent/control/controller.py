@@ -77,7 +77,11 @@ class TickReport:
 
 
 class Controller:
-    """Detection and mitigation for every protected group; see the module docstring."""
+    """Detection and mitigation for every protected group; see the module docstring.
+
+    Not thread-safe: the daemon calls every method under its own lock (the
+    control socket's threads included).
+    """
 
     def __init__(
         self,
@@ -175,7 +179,7 @@ class Controller:
             started.append(self._start(gid, cls, now, g, d, samples, rows_of))
         for a in list(self._active.values()):
             if a.start_ns != now:
-                self._update(a, now, g, d, samples, rows_of, first=False)
+                self._update(a, now, g, d, samples, rows_of)
         self._track_pending(step, samples, g.dt)
 
         self._sync(now, ended)
@@ -217,7 +221,7 @@ class Controller:
         a.evidence.seed(list(self._pending.pop((gid, cls), ())), abusive)
         self._active[(gid, cls)] = a
         self._applied[a.id] = set()
-        self._update(a, now, g, d, samples, rows_of, first=True)
+        scope = self._observe(a, now, g, d, samples, rows_of)
         self._started_by_vector[a.vector] += 1
         a.logged_peak_pps, a.logged_at_ns = a.peak_pps, now
         self._log.warning(
@@ -237,16 +241,27 @@ class Controller:
             spoofed=a.spoofed,
             monitor=a.monitor,
         )
+        self._act(a, now, scope, first=True)
         return a
 
     def _update(
-        self, a: Attack, now: int, g: GroupRates, d: DstRates, samples: TickSamples, rows_of: _GroupRows,
-        *, first: bool,
+        self, a: Attack, now: int, g: GroupRates, d: DstRates, samples: TickSamples, rows_of: _GroupRows
     ) -> None:
+        """A tick of an attack that was already running: observe, report, act."""
+        before = (a.vector, a.service, a.target)
+        scope = self._observe(a, now, g, d, samples, rows_of)
+        self._maybe_log_update(a, now, before)
+        self._act(a, now, scope, first=False)
+
+    def _observe(
+        self, a: Attack, now: int, g: GroupRates, d: DstRates, samples: TickSamples, rows_of: _GroupRows
+    ) -> tuple[float, float, float]:
+        """Update the record from this tick: target, rates, samples, vector, spoofing.
+        Returns pps, bps and dropped pps of the attack's own scope (its host, or its group)."""
         s = self._settings
         view = s.groups[a.gid]
         cls, dt = a.cls, g.dt
-        before = (a.vector, a.service, a.target)
+        a.updated_ns = now
         prev = self._targets.get(a.id)
         known = prev.prefixes if prev is not None and prev.carpet else ()
         fresh = locate(d, rows_of(a.gid), cls, a.threshold_pps, view, s, known)
@@ -286,10 +301,12 @@ class Controller:
         a.vector = str(Vector.CARPET_BOMBING) if tgt is not None and tgt.carpet else a.flood
         a.service = shape.service
         self._judge_spoofing(a, now, g, view)
+        return pps, bps, dropped
 
-        if not first:
-            self._maybe_log_update(a, now, before)
-        self._climb(a, now, view, pps, bps, dropped, first)
+    def _act(self, a: Attack, now: int, scope: tuple[float, float, float], *, first: bool) -> None:
+        """Climb the ladder and ban what the ban step finds."""
+        view = self._settings.groups[a.gid]
+        self._climb(a, now, view, *scope, first)
         if "ban" in a.steps and not a.spoofed:
             self._ban(a, now, view)
 
@@ -335,6 +352,7 @@ class Controller:
 
     def _end(self, a: Attack, now: int, reason: str) -> Attack:
         a.end_ns, a.ended_at, a.end_reason = now, self._iso(now), reason
+        a.evidence.finish()
         self._active.pop((a.gid, a.cls), None)
         self._recent.appendleft(a)
         self._ended_total += 1
@@ -760,10 +778,11 @@ class Controller:
             if gid not in moves:
                 self._detector.stop(gid, cls)
                 ended.append(self._end(a, now, "group removed from the policy"))
-        renumbered = any(o != n for o, n in moves.items()) or new.rows != old.rows
-        if renumbered:
-            self._baseline = self._baseline.remap(new.rows, moves)
-            self._detector = self._detector.remap(new.rows, moves)
+        # Rows follow names; a new group starts with a fresh baseline even on a reused id.
+        self._baseline = self._baseline.remap(new.rows, moves)
+        self._detector = self._detector.remap(new.rows, moves)
+        self._pending = {k: q for k, q in self._pending.items() if moves.get(k[0]) == k[0]}
+        if any(o != n for o, n in moves.items()):
             # Counters are indexed by group id: a tick of rates over moved ids would be garbage.
             self._meter.reset()
             self._pending.clear()

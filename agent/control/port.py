@@ -329,3 +329,8 @@ class FakePort:
     def written(self, kind: str) -> list[tuple[int, object]]:
         """(time, payload) of every write of one kind, oldest first."""
         return [(t, what) for t, k, what in self.writes if k == kind]
+
+
+def _implements_the_port(port: FakePort) -> ControlPort:
+    """Never called: mypy checks here that FakePort is a ControlPort."""
+    return port

@@ -190,6 +190,11 @@ class AttackSamples:
             )
         return SpoofVerdict(False, f"{distinct} distinct sources in {n} samples (ratio {ratio:.2f})")
 
+    def finish(self) -> None:
+        """The attack ended: keep the summary, drop the working state (ended records are kept for long)."""
+        self._window.clear()
+        self._streaks, self._rates = {}, {}
+
     def rate(self, count: int) -> float:
         """A sample count over the whole attack as packets/s."""
         return count * self.sample_every / self.seconds if self.seconds > 0 else 0.0

@@ -494,3 +494,54 @@ def test_attack_records_are_json_with_every_field_the_cli_needs() -> None:
     assert data["top_sources"][0]["source"] == str(ATTACKER)
     assert data["started_at"].endswith("Z") and data["ended_at"] > data["started_at"]
     assert data["dropped_packets"] > 0 and data["peak_pps"] >= 200_000
+
+
+def test_events_come_in_order_even_when_the_first_step_bans() -> None:
+    sc = scenario(with_group(mitigation={"ladder": ["ban"]}))
+    heavy_hitter(sc, ATTACKER, 5)
+    with capture_logs() as logs:
+        sc.run(10)
+    names = [e["event"] for e in logs if e["event"].startswith(("attack_", "mitigation_"))]
+    assert names[0] == "attack_started" and names[-1] == "attack_ended"
+    assert "mitigation_applied" in names
+    (attack,) = sc.controller.attacks(active=False, recent=1)
+    assert attack.steps == ["ban"] and attack.bans == 1 and sc.port.written("tighten") == []
+
+
+def test_a_detect_only_ladder_writes_nothing() -> None:
+    sc = scenario(with_group(mitigation={"ladder": []}))
+    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.TCP_SYN, 300_000, size=60, start_s=sc.replay.t))
+    writes = len(sc.port.writes)
+    sc.run(5)
+    (attack,) = sc.controller.attacks()
+    assert attack.vector == "syn_flood" and attack.notes == ["ladder is empty: detect only"]
+    assert len(sc.port.writes) == writes and attack.time_to_mitigate_s is None
+
+
+def test_counters_that_restart_from_zero_are_not_a_flood() -> None:
+    """A program replaced under the daemon starts its counters again: no spike, no attack."""
+    sc = scenario()
+    with capture_logs() as logs:
+        sc.run(5)
+        sc.port.group_counters[...] = 0
+        sc.port.hosts.clear()
+        sc.run(10)
+    assert events(logs, "attack_started") == []
+
+
+def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
+    sc = scenario()
+    office = sc.gid("office")
+    sc.replay.add(Flow(ipaddress.ip_address("198.51.100.20"), office, TrafficClass.UDP, 5000, sources=CLIENTS))
+    sc.run(5)
+    assert sc.controller._baseline.seen[office].any()
+    data = lab_data()
+    data["protect"][1] = {"name": "lab2", "prefixes": ["192.0.2.128/25"]}
+    new = Policy.model_validate(data)
+    from agent.policy.compile import compile_policy
+
+    compiled = compile_policy(new)
+    assert compiled.group_ids["lab2"] == office, "the freed id is reused"
+    sc.controller.update_policy(new, compiled)
+    assert not sc.controller._baseline.seen[office].any()
+    assert sc.controller._baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
