@@ -62,7 +62,8 @@ def _write_policy(d: Path, deny: list[str], groups: int = 1, per_group: int = 1)
         for i in range(per_group):
             n = g * per_group + i  # 32,000 /28s inside 10.0.0.0/8
             lines.append(f"      - 10.{(n >> 12) & 255}.{(n >> 4) & 255}.{(n & 15) << 4}/28")
-    hosts = groups * per_group * 16
+    hosts = groups * per_group * 16 + sum(1 << (32 - int(p.rsplit("/", 1)[1])) for p in deny
+                                           if int(p.rsplit("/", 1)[1]) > 24)
     lines.append(_capacity(len(deny), hosts))
     p = d / "policy.yaml"
     p.write_text("\n".join(lines) + "\n")
