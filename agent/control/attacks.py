@@ -59,6 +59,7 @@ class Attack:
     host: str | None = None
     prefixes: list[str] = field(default_factory=list)
     hosts_hit: int = 0
+    top_hosts: list[dict[str, Any]] = field(default_factory=list)  # busiest destinations of the class
     end_ns: int | None = None
     ended_at: str | None = None
     end_reason: str | None = None
@@ -150,6 +151,7 @@ class Attack:
             "peak_bps": round(self.peak_bps),
             "dropped_packets": round(self.dropped_packets),
             "hosts_hit": self.hosts_hit,
+            "top_destinations": list(self.top_hosts),
             "spoofed": self.spoofed,
             "spoof_reason": self.spoof_reason,
             "escalated": self.escalated,

@@ -270,6 +270,7 @@ class Controller:
             a.host = str(fresh.host) if fresh.host is not None else None
             a.prefixes = [str(n) for n in fresh.prefixes]
             a.hosts_hit = fresh.hits
+            a.top_hosts = [{"destination": str(h), "pps": round(p)} for h, p in fresh.top_hosts]
         tgt = self._targets.get(a.id)
 
         if fresh is not None and fresh.row is not None:

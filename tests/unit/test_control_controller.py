@@ -265,6 +265,7 @@ def test_carpet_bombing_across_many_hosts_gets_a_prefix_rule() -> None:
     assert (attack.vector, attack.flood) == ("carpet_bombing", "udp_flood")
     assert attack.host is None and attack.prefixes == ["203.0.113.0/24"]
     assert attack.hosts_hit >= 8
+    assert len(attack.to_dict()["top_destinations"]) == 10
     (rule,) = sc.port.rules
     assert rule.dst == ipaddress.ip_network("203.0.113.0/24") and rule.proto == 17
     assert rule.action == RuleAction.RATE_LIMIT and rule.pps >= 20_000
