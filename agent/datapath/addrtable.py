@@ -150,6 +150,7 @@ class _Lengths:
     def __init__(self) -> None:
         self.by_len: dict[tuple[int, int], set[int]] = {}
         self._desc: dict[int, list[int]] = {}
+        self._sorted: dict[int, np.ndarray[Any, Any]] = {}  # IPv4 length -> sorted addresses
 
     def add(self, key: PrefixKey) -> None:
         fam, addr, plen = key
@@ -158,15 +159,28 @@ class _Lengths:
             self.by_len[(fam, plen)] = s = set()
             self._desc.pop(fam, None)
         s.add(addr)
+        if fam == 4:
+            self._sorted.pop(plen, None)
 
     def discard(self, key: PrefixKey) -> None:
         fam, addr, plen = key
         s = self.by_len.get((fam, plen))
         if s is not None:
             s.discard(addr)
+            if fam == 4:
+                self._sorted.pop(plen, None)
             if not s:
                 del self.by_len[(fam, plen)]
                 self._desc.pop(fam, None)
+
+    def sorted4(self, length: int) -> np.ndarray[Any, Any]:
+        """IPv4 prefixes of one length as a sorted array, for range queries."""
+        got = self._sorted.get(length)
+        if got is None:
+            addrs = self.by_len.get((4, length), set())
+            got = np.sort(np.fromiter(addrs, dtype=np.int64, count=len(addrs)))
+            self._sorted[length] = got
+        return got
 
     def lengths(self, fam: int) -> list[int]:
         """Lengths in use, longest first."""
@@ -204,6 +218,11 @@ class _Lengths:
                     a = addr + i * step
                     if a in addrs:
                         yield (fam, a, length)
+            elif fam == 4:
+                arr = self.sorted4(length)
+                lo, hi = np.searchsorted(arr, [addr, addr + (1 << (bits - plen))])
+                for a in arr[lo:hi].tolist():
+                    yield (fam, a, length)
             else:
                 shift = bits - plen
                 top = addr >> shift if plen else 0
@@ -633,6 +652,7 @@ class AddressTable:
             blocks = set(self._long4) | {a >> _HOST_BITS for a in self._host4}
         else:
             blocks = set()
+            host_blocks = {a >> _HOST_BITS for a in self._host4}
             for _fam, addr, plen in v4_dirty:
                 if plen > abi.DIR4_BITS:
                     blocks.add(addr >> _HOST_BITS)
@@ -643,7 +663,10 @@ class AddressTable:
                         blocks.update(b for b in range(first, last) if b in self._long4)
                     else:
                         blocks.update(b for b in self._long4 if first <= b < last)
-                    blocks.update(a >> _HOST_BITS for a in self._host_in(first, last))
+                    if last - first <= len(host_blocks):
+                        blocks.update(b for b in range(first, last) if b in host_blocks)
+                    else:
+                        blocks.update(b for b in host_blocks if first <= b < last)
         adds: dict[int, tuple[int, int]] = {}
         dels: list[int] = []
         have_by_block: dict[int, list[int]] = {}
@@ -663,18 +686,6 @@ class AddressTable:
                     adds[a] = v
             dels.extend(a for a in have_by_block.get(b, ()) if a not in want)
         return adds, dels
-
-    def _host_in(self, first_block: int, last_block: int) -> Iterator[int]:
-        """Host entries we wrote inside [first_block, last_block)."""
-        if last_block - first_block <= 64:
-            for b in range(first_block, last_block):
-                base = b << _HOST_BITS
-                for a in range(base, base + 256):
-                    if a in self._host4:
-                        yield a
-        else:
-            lo, hi = first_block << _HOST_BITS, last_block << _HOST_BITS
-            yield from (a for a in self._host4 if lo <= a < hi)
 
     def _write_host4(self, adds: dict[int, tuple[int, int]]) -> None:
         if not adds:
@@ -792,7 +803,10 @@ class AddressTable:
             if first in self._long4:
                 want[0] |= np.uint64(abi.ADDR_HOSTS << 48)
             return want
-        blocks = [b - first for b in self._long4 if first <= b < first + n]
+        if n <= len(self._long4):
+            blocks = [b - first for b in range(first, first + n) if b in self._long4]
+        else:
+            blocks = [b - first for b in self._long4 if first <= b < first + n]
         if blocks:
             want[np.array(blocks, dtype=np.int64)] |= np.uint64(abi.ADDR_HOSTS << 48)
         return want
