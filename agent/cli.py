@@ -242,6 +242,71 @@ def _explain(args: argparse.Namespace) -> int:
     return 0
 
 
+def _attacks(args: argparse.Namespace) -> int:
+    res = _call(args, "attacks", recent=args.recent)
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    for title, rows in (("active", res["active"]), ("recent", res["recent"])):
+        print(f"{title} attacks: {len(rows)}")
+        if not rows:
+            continue
+        table = []
+        for a in rows:
+            target = a["target"]["host"] or ", ".join(a["target"]["prefixes"][:2]) or a["group"]
+            vector = a["vector"] + (f"/{a['service']}" if a.get("service") else "")
+            steps = ", ".join(dict.fromkeys(m["step"] for m in a["mitigations"])) or "-"
+            flags = " ".join(f for f, on in (("spoofed", a["spoofed"]), ("escalated", a["escalated"]),
+                                             ("monitor", a["monitor"])) if on)
+            ttm = a["time_to_mitigate_s"]
+            table.append([a["id"], a["group"], target, vector, _rate(a["peak_pps"]) + " pps",
+                          f"{a['dropped_packets']:,}", "-" if ttm is None else f"{ttm:.1f}s",
+                          f"{a['bans']}", steps, a["started_at"][11:19], flags or "-"])
+        _table(table, ["ID", "GROUP", "TARGET", "VECTOR", "PEAK", "DROPPED", "MITIGATED IN", "BANS",
+                       "MITIGATIONS", "START", "NOTES"])
+    return 0
+
+
+def _top(args: argparse.Namespace) -> int:
+    import time
+
+    def frame() -> dict[str, object]:
+        res = _call(args, "top", n=args.n)
+        assert isinstance(res, dict)
+        return res
+
+    if args.json:
+        _print_json(frame())
+        return 0
+    try:
+        while True:
+            res = frame()
+            r = res["rates"]
+            assert isinstance(r, dict)
+            out = [f"floodguard top — {time.strftime('%H:%M:%S')} — in {_rate(r['pps_in'])} pps, "
+                   f"{_rate(r['bps_in'])}bit/s"]
+            out.append("")
+            dst = res["destinations"]
+            assert isinstance(dst, list)
+            out.append(f"{'DESTINATION':40} {'GROUP':16} {'PPS':>9} {'DROPPED/S':>10}")
+            out += [f"{d['destination']:40} {d['group']:16} {_rate(d['pps']):>9} {_rate(d['dropped_pps']):>10}"
+                    for d in dst]
+            out.append("")
+            src = res["sources"]
+            assert isinstance(src, list)
+            out.append(f"{'SOURCE (sampled)':40} {'GROUP':16} {'PPS':>9}")
+            out += [f"{x['source']:40} {x['group']:16} {_rate(x['pps']):>9}" for x in src]
+            if args.once:
+                print("\n".join(out))
+                return 0
+            sys.stdout.write("\x1b[H\x1b[2J" + "\n".join(out) + "\n")
+            sys.stdout.flush()
+            time.sleep(args.interval)
+    except KeyboardInterrupt:
+        return 0
+
+
 def _reload(args: argparse.Namespace) -> int:
     res = _call(args, "reload")
     if args.json:
@@ -331,6 +396,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("prefix", help="exactly as banned, e.g. 198.51.100.7/32")
     c = client("explain", "what applies to an address, and its counters", _explain)
     c.add_argument("ip", help="an IPv4 or IPv6 address")
+    c = client("attacks", "active and recent attacks, with their mitigations", _attacks)
+    c.add_argument("--recent", type=int, default=20, help="how many ended attacks to show (default 20)")
+    c = client("top", "top destinations and sources by rate, refreshing like top", _top)
+    c.add_argument("-n", type=int, default=10, help="rows per table (default 10)")
+    c.add_argument("--interval", type=float, default=1.0, help="seconds between refreshes (default 1)")
+    c.add_argument("--once", action="store_true", help="print one frame and exit")
     client("reload", "reload the policy now (like SIGHUP); exit 1 if it is rejected", _reload)
     c = client("detach", "remove the program from every interface and its pins", _detach,
                "Remove floodguard's XDP program from its interfaces and delete its pins. With a running agent "

@@ -195,8 +195,34 @@ class Agent:
         return st
 
     def _make_controller(self) -> None:
-        """The detection loop (agent/control)."""
-        self.controller = None
+        """The detection loop (agent/control), fed by the samples ring."""
+        from agent.control.controller import Controller
+        from agent.control.kernel import KernelPort
+
+        assert self.program is not None and self.port is not None and self.runtime is not None
+        assert self.runtime.policy is not None and self.runtime.compiled is not None
+        self._samples: list[Any] = []
+        ring = self.program.table("samples")
+        sample_t = abi.Sample
+
+        def on_sample(_ctx: object, data: int, size: int) -> None:
+            if size >= ctypes.sizeof(sample_t):
+                self._samples.append(sample_t.from_buffer_copy(ctypes.string_at(data, ctypes.sizeof(sample_t))))
+
+        ring.open_ring_buffer(on_sample)
+
+        def drain() -> list[Any]:
+            assert self.program is not None
+            self.program.bcc.ring_buffer_consume()
+            got, self._samples = self._samples, []
+            return got
+
+        now = monotonic_ns()
+        auto_bans = {key_network(k): rec[0] for k, kind, o, rec in self.port.addresses.records(abi.Origin.AUTO)
+                     if kind == abi.SRC_BAN and (rec[0] == 0 or rec[0] > now)}
+        self._kernel_port = KernelPort(self.port, drain=drain, reason_id=self.reasons.id_of)
+        self.controller = Controller(self.runtime.policy, self.runtime.compiled, self._kernel_port,
+                                     ban_counts=self.ban_counts, auto_bans=auto_bans)
 
     # ------------------------------------------------------------------ pins
 
@@ -420,7 +446,10 @@ class Agent:
         if self.controller is None:
             return AttackStats()
         with self.lock:
-            return self.controller.attack_stats()
+            st = self.controller.stats()
+        return AttackStats(active=st.active_by_vector, total=st.started_by_vector,
+                           time_to_mitigate=st.time_to_mitigate, time_to_mitigate_sum=st.time_to_mitigate_sum,
+                           escalations_total=st.escalations_total)
 
     # ------------------------------------------------------------------ loop
 
@@ -499,7 +528,12 @@ class Agent:
         with self.lock:
             assert self.port is not None
             if self.controller is not None:
-                self.controller.tick()
+                # Detection failing must not stop expiry and the rest of the tick.
+                self._guard("detection", self.controller.tick)
+                self.ban_counts = self.controller.ban_counts()
+                if self.port.addresses.pending:
+                    self.port.addresses.commit(monotonic_ns())
+                self._state_dirty = True
             now = monotonic_ns()
             gone = self.port.addresses.expire(now)
             if gone:
@@ -590,6 +624,8 @@ class Agent:
                 self.watcher.close()
             if self._netlink is not None:
                 self._netlink.close()
+            if self.controller is not None:
+                self.controller.close()
             if self.port is not None:
                 self.port.close()
             if self.maps is not None:
@@ -730,6 +766,22 @@ class Agent:
         self._save_state()
         log.info("ban_removed", prefix=str(net), origins=removed)
         return {"prefix": str(net), "removed": removed}
+
+    def req_attacks(self, recent: int = 20) -> dict[str, Any]:
+        if self.controller is None:
+            return {"active": [], "recent": []}
+        active = [a.to_dict() for a in self.controller.attacks(active=True)]
+        ids = {a["id"] for a in active}
+        recent_list = [a.to_dict() for a in self.controller.attacks(active=False, recent=recent)]
+        return {"active": active, "recent": [a for a in recent_list if a["id"] not in ids]}
+
+    def req_top(self, n: int = 10) -> dict[str, Any]:
+        if self.controller is None:
+            return {"destinations": [], "sources": [], "groups": []}
+        out: dict[str, Any] = self.controller.top(n)
+        out["rates"] = {"pps_in": round(self.rates.pps_in, 1), "bps_in": round(self.rates.bps_in, 1),
+                        "pps_by_reason": self.rates.pps_by_reason}
+        return out
 
     def req_reload(self) -> dict[str, Any]:
         return self.reload("control socket")

@@ -118,6 +118,12 @@ def test_cli_verbs_against_a_running_daemon(agent: AgentProc, traffic: Traffic) 
         r = agent.cli(*args, check=False)
         assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr, (args, r.stderr)
 
+    assert agent.cli_json("attacks") == {"active": [], "recent": []}
+    assert "active attacks: 0" in agent.cli("attacks").stdout
+    top = agent.cli_json("top")
+    assert {"destinations", "sources", "groups", "rates"} <= set(top)
+    assert "DESTINATION" in agent.cli("top", "--once").stdout
+
     assert "policy reloaded" in agent.cli("reload").stdout
     agent.policy.write_text(agent.policy.read_text().replace("reason:", "reasn:"))
     r = agent.cli("reload", check=False)
