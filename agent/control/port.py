@@ -121,7 +121,7 @@ class DstSnapshot:
         return cls.build(keys, [int(counters[k].group) for k in keys], blocks)
 
     @classmethod
-    def from_raw(cls, keys: bytes, values: bytes, n: int, ncpus: int) -> DstSnapshot:
+    def from_raw(cls, keys: bytes | memoryview, values: bytes | memoryview, n: int, ncpus: int) -> DstSnapshot:
         """From a batch read of the per-CPU dst_stats hash (``Table.read_raw()``):
         struct fg_dst_key keys and struct fg_dst_counter values, one per CPU."""
         if n == 0:

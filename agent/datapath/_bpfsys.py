@@ -262,28 +262,31 @@ def map_delete(fd: int, key: Any) -> bool:
 # --- batches -----------------------------------------------------------------
 
 
-def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> tuple[bytes, bytes, int]:
+def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> tuple[memoryview, memoryview, int]:
     """Read a whole map in as few calls as the kernel allows.
 
-    Returns (keys, values, count) as packed bytes: key i is
+    Returns (keys, values, count) as packed buffers: key i is
     keys[i*key_size:(i+1)*key_size]; for per-CPU maps pass the full per-CPU
-    value size (percpu_value_size(size) * possible_cpus()).
+    value size (percpu_value_size(size) * possible_cpus()). The kernel
+    writes straight into one buffer per side: no per-chunk copies (a tick
+    reads ~40 MB of per-destination counters).
     """
-    chunk = max(1, min(max_entries, 65536))
-    keys = ct.create_string_buffer(key_size * chunk)
-    values = ct.create_string_buffer(value_size * chunk)
+    import numpy as np
+
+    cap = max(max_entries, 1)
+    keys = np.empty(cap * key_size, dtype=np.uint8)
+    values = np.empty(cap * value_size, dtype=np.uint8)
+    kbase, vbase = keys.ctypes.data, values.ctypes.data
     batch = ct.create_string_buffer(max(key_size, 8))
-    out_keys = bytearray()
-    out_values = bytearray()
     total = 0
     first = True
-    while True:
+    while total < cap:
         attr = _BatchAttr(
             in_batch=0 if first else ct.addressof(batch),
             out_batch=ct.addressof(batch),
-            keys=ct.addressof(keys),
-            values=ct.addressof(values),
-            count=chunk,
+            keys=kbase + total * key_size,
+            values=vbase + total * value_size,
+            count=min(65536, cap - total),
             map_fd=fd,
         )
         done = False
@@ -293,14 +296,11 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> t
             if e.errno != errno_mod.ENOENT:
                 raise
             done = True
-        n = attr.count
-        out_keys += keys.raw[: n * key_size]
-        out_values += values.raw[: n * value_size]
-        total += n
+        total += attr.count
         first = False
-        if done or n == 0 or total >= max_entries:
+        if done or attr.count == 0:
             break
-    return bytes(out_keys), bytes(out_values), total
+    return keys.data[: total * key_size], values.data[: total * value_size], total
 
 
 def next_key(fd: int, key: Any, out: Any) -> bool:
@@ -315,7 +315,7 @@ def next_key(fd: int, key: Any, out: Any) -> bool:
     return True
 
 
-def lookup_iter(fd: int, key_size: int, value_size: int) -> tuple[bytes, bytes, int]:
+def lookup_iter(fd: int, key_size: int, value_size: int) -> tuple[memoryview, memoryview, int]:
     """lookup_batch for maps without batch support (LPM tries): key by key."""
     keys = bytearray()
     values = bytearray()
@@ -336,7 +336,7 @@ def lookup_iter(fd: int, key_size: int, value_size: int) -> tuple[bytes, bytes, 
             values += bytes(val)
             n += 1
         cur = k
-    return bytes(keys), bytes(values), n
+    return memoryview(keys), memoryview(values), n
 
 
 def update_batch(fd: int, keys: bytes | bytearray, values: bytes | bytearray, count: int) -> None:
@@ -359,7 +359,7 @@ def update_batch(fd: int, keys: bytes | bytearray, values: bytes | bytearray, co
         _bpf(BPF_MAP_UPDATE_BATCH, attr)
 
 
-def delete_batch(fd: int, keys: bytes | bytearray, count: int) -> None:
+def delete_batch(fd: int, keys: bytes | bytearray | memoryview, count: int) -> None:
     """Delete `count` packed keys; keys already absent are ignored."""
     if count == 0:
         return

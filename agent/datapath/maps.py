@@ -116,7 +116,7 @@ class Table:
 
     # --- whole map ---------------------------------------------------------
 
-    def read_raw(self) -> tuple[bytes, bytes, int]:
+    def read_raw(self) -> tuple[memoryview, memoryview, int]:
         """All entries as packed keys and values, in batches where the map
         type has them (LPM tries do not: key by key)."""
         vsize = self._stride * self.ncpus
@@ -161,11 +161,11 @@ class Table:
             keys = b"".join(i.to_bytes(4, "little") for i in range(self.max_entries))
             sysbpf.update_batch(self.fd, keys, zeros, self.max_entries)
             return
-        keys, _, n = self.read_raw()
+        raw_keys, _, n = self.read_raw()
         if n:
-            sysbpf.delete_batch(self.fd, keys, n)
+            sysbpf.delete_batch(self.fd, raw_keys, n)
 
-    def _sum(self, data: bytes, offset: int) -> V:
+    def _sum(self, data: bytes | memoryview, offset: int) -> V:
         """Sum a per-CPU value field by field (every field is a counter)."""
         total = self.value_type.from_buffer_copy(data, offset)
         for cpu in range(1, self.ncpus):

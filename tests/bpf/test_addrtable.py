@@ -161,4 +161,4 @@ def test_removing_everything_clears_the_kernel(h: Harness) -> None:
     t.commit(now)
     assert t.src == {} and h.port.count_entries("host4") == 0 and h.port.count_entries("lpm6") == 0
     assert not t._dir.any()
-    assert not h.maps["src_entries"].read_raw()[1].strip(b"\0")
+    assert not bytes(h.maps["src_entries"].read_raw()[1]).strip(b"\0")
