@@ -6,17 +6,11 @@ import os
 from collections.abc import Iterator
 
 import pytest
-from harness import Harness
+from harness import TEST_CAPACITY, Harness
 
 from agent.datapath import loader
-from agent.datapath.loader import BuildOptions, Capacity
+from agent.datapath.loader import BuildOptions
 from agent.datapath.maps import Maps
-
-# Small maps: the tests need behaviour, not capacity; the bench uses full sizes.
-TEST_CAPACITY = Capacity(
-    src_entries=4096, hosts4=65536, prefixes6=1024, groups=16, sources4=4096, sources6=1024,
-    destinations=1024, verified=1024, sample_pages=16,
-)
 
 
 @pytest.fixture(scope="session")

@@ -18,9 +18,16 @@ import numpy as np
 from agent.datapath import _bpfsys as sysbpf
 from agent.datapath import abi
 from agent.datapath.addrtable import prefix_key
+from agent.datapath.loader import Capacity
 from agent.datapath.maps import Maps
 from agent.datapath.port import ConfigSpec, GroupSpec, MapPort, RuleSpec
 from agent.datapath.rates import make_rate
+
+# Small maps: the tests need behaviour, not capacity; the bench uses full sizes.
+TEST_CAPACITY = Capacity(
+    src_entries=4096, hosts4=65536, prefixes6=1024, groups=16, sources4=4096, sources6=1024,
+    destinations=1024, verified=1024, sample_pages=16,
+)
 
 ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}
 

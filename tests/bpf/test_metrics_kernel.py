@@ -13,8 +13,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 import pytest
-from conftest import TEST_CAPACITY
-from harness import Harness, eth, now_ns
+from harness import TEST_CAPACITY, Harness, eth, now_ns
 from prometheus_client.parser import text_string_to_metric_families
 from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.l2 import ARP
