@@ -18,6 +18,8 @@ did, each with a timeout: ``http`` (connect, GET, read the whole answer),
 ``udp`` (a datagram with a request id, wait for its echo) or ``connect``
 (only the TCP handshake). On SIGTERM or SIGINT it stops starting requests,
 lets those in flight finish (each is bounded by its timeout) and exits.
+Both also exit when ``--parent`` is no longer their parent process: a test
+killed with SIGKILL leaves no client sending into a namespace forever.
 
 Both speak JSON lines on stdout: ``{"event": "ready", ...}`` once listening
 or about to send, one ``{"t": start, "ok": bool, "lat": seconds, "err":
@@ -59,10 +61,20 @@ def _emit(obj: dict[str, Any]) -> None:
     sys.stdout.flush()
 
 
-def _stop_event(loop: asyncio.AbstractEventLoop) -> asyncio.Event:
+def _stop_event(loop: asyncio.AbstractEventLoop, parent: int | None) -> asyncio.Event:
+    """Set on SIGTERM or SIGINT, or once ``parent`` is no longer our parent (it died, even by SIGKILL)."""
     stop = asyncio.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+
+    def watch() -> None:
+        if os.getppid() != parent:
+            stop.set()
+        else:
+            loop.call_later(0.5, watch)
+
+    if parent is not None:
+        watch()
     return stop
 
 
@@ -147,9 +159,11 @@ def _listening_socket(family: int, kind: int, port: int, backlog: int) -> socket
     return sock
 
 
-async def _serve(tcp_ports: Sequence[int], udp_ports: Sequence[int], backlog: int, ipv6: bool) -> None:
+async def _serve(
+    tcp_ports: Sequence[int], udp_ports: Sequence[int], backlog: int, ipv6: bool, parent: int | None
+) -> None:
     loop = asyncio.get_running_loop()
-    stop = _stop_event(loop)
+    stop = _stop_event(loop, parent)
     counts = _Counts()
     families = [socket.AF_INET, socket.AF_INET6] if ipv6 else [socket.AF_INET]
 
@@ -219,10 +233,10 @@ class _UdpClient(asyncio.DatagramProtocol):
 
 
 async def _probe(
-    kind: str, host: str, port: int, rate: float, timeout: float, count: int | None, size: int
+    kind: str, host: str, port: int, rate: float, timeout: float, count: int | None, size: int, parent: int | None
 ) -> None:
     loop = asyncio.get_running_loop()
-    stop = _stop_event(loop)
+    stop = _stop_event(loop, parent)
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     request = f"GET / HTTP/1.1\r\nHost: {host}\r\nUser-Agent: floodguard-lab\r\nConnection: close\r\n\r\n".encode()
     udp: _UdpClient | None = None
@@ -289,6 +303,7 @@ async def _probe(
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m agent.lab._clients", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--parent", type=int, default=None, help="exit when this process is no longer the parent")
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="web and UDP echo server")
     serve.add_argument("--tcp", type=int, action="append", default=[], help="TCP (HTTP) port; repeatable")
@@ -305,11 +320,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     probe.add_argument("--size", type=int, default=64, help="UDP datagram size")
     args = parser.parse_args(argv)
     if args.command == "serve":
-        asyncio.run(_serve(args.tcp, args.udp, args.backlog, args.ipv6))
+        asyncio.run(_serve(args.tcp, args.udp, args.backlog, args.ipv6, args.parent))
     else:
         if args.rate <= 0:
             parser.error("--rate must be positive")
-        asyncio.run(_probe(args.kind, args.host, args.port, args.rate, args.timeout, args.count, args.size))
+        asyncio.run(
+            _probe(args.kind, args.host, args.port, args.rate, args.timeout, args.count, args.size, args.parent)
+        )
     return 0
 
 

@@ -154,10 +154,10 @@ def trafgen_path() -> str:
     return path
 
 
-def timeout_path() -> str:
-    path = shutil.which("timeout")
+def _tool(name: str, package: str) -> str:
+    path = shutil.which(name)
     if path is None:
-        raise MissingFeatureError("timeout(1) is not installed: apt-get install coreutils")
+        raise MissingFeatureError(f"{name} is not installed: apt-get install {package}")
     return path
 
 
@@ -169,18 +169,23 @@ def argv(
     count: int | None,
     seed: int | None,
     cap_seconds: float,
+    die_with_parent: bool,
 ) -> list[str]:
-    """``timeout ... trafgen ...``: one process (``--cpus 1``), at ``pps``, for ``count`` packets.
+    """``[setpriv --pdeathsig TERM] timeout ... trafgen ...``: one process (``--cpus 1``), at ``pps``.
 
     ``timeout(1)`` is the process group leader: a SIGTERM or SIGINT to it
     (which is all a plain ``Popen.terminate`` sends) is forwarded to the
     whole group, so trafgen's sending worker stops too; and it ends the
     flood after ``cap_seconds`` even if nobody is left to stop it.
+    ``die_with_parent`` has the kernel send it SIGTERM when the thread that
+    started it exits (``PR_SET_PDEATHSIG``): right for the main thread (the
+    process dying, even by SIGKILL), wrong for a short-lived worker thread.
     ``--no-sock-mem`` keeps trafgen off the host's socket-memory sysctls,
     ``--notouch-irq`` off IRQ affinities (veths have no IRQs anyway).
     """
-    out = [
-        timeout_path(),
+    out = [_tool("setpriv", "util-linux"), "--pdeathsig", "TERM"] if die_with_parent else []
+    out += [
+        _tool("timeout", "coreutils"),
         "--signal=INT",
         "--kill-after=3",
         f"{max(1.0, cap_seconds):.0f}",

@@ -675,7 +675,8 @@ class _Child:
 
 
 def _clients_argv(*args: str) -> list[str]:
-    return [sys.executable, "-m", "agent.lab._clients", *args]
+    # --parent: the child exits when this process is gone, even if it was SIGKILLed.
+    return [sys.executable, "-m", "agent.lab._clients", "--parent", str(os.getpid()), *args]
 
 
 # --- the legitimate server ------------------------------------------------------------------------
@@ -1003,8 +1004,9 @@ class Flood:
     :class:`FloodError` with its output); :meth:`stop` ends it (SIGINT to its
     process group, SIGKILL if that is not enough) and is safe to call twice.
     Also a context manager. If the test process exits without stopping it,
-    an ``atexit`` hook does; if it is killed, ``timeout(1)`` ends the flood
-    after its cap.
+    an ``atexit`` hook does; if it is killed, the kernel stops the flood
+    (parent-death signal) when it was started from the main thread, and
+    ``timeout(1)`` ends it after its cap otherwise.
     """
 
     def __init__(
@@ -1069,7 +1071,8 @@ class Flood:
         count = None if self.duration is None else max(1, round(self.pps * self.duration))
         cap = DEFAULTS.flood_cap_seconds if self.duration is None else self.duration + 10.0
         argv = _trafgen.argv(device=self.iface.ifname, config=config, pps=self.pps, count=count,
-                             seed=self.seed, cap_seconds=cap)
+                             seed=self.seed, cap_seconds=cap,
+                             die_with_parent=threading.current_thread() is threading.main_thread())
         counter = LinkCounter(self.lab.topology, self.iface.ns, self.iface.ifname)
         child: _Child | None = None
         try:

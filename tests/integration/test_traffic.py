@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import contextlib
 import ipaddress
+import json
 import os
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import psutil
 import pytest
@@ -28,6 +31,7 @@ from scapy.layers.l2 import Ether
 from scapy.packet import Packet
 from scapy.utils import rdpcap
 
+import agent
 from agent.datapath import attach
 from agent.lab import _trafgen
 from agent.lab._trafgen import Template
@@ -332,6 +336,51 @@ def test_terminating_the_flood_process_stops_the_worker_too(lab: Lab) -> None:
     _, alive = psutil.wait_procs(group, timeout=5.0)
     assert not alive, [p.cmdline() for p in alive]
     flood.stop()
+    assert not no_trafgen_on(lab)
+
+
+_STARTER = """
+import json, os, subprocess, sys, time
+argvs = json.loads(sys.argv[1])
+procs = [subprocess.Popen([a.replace("{PARENT}", str(os.getpid())) for a in argv], start_new_session=True,
+                          stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL) for argv in argvs]
+print(" ".join(str(p.pid) for p in procs), flush=True)
+time.sleep(60)
+"""
+
+
+def test_a_killed_test_process_leaves_no_flood_or_client(lab: Lab) -> None:
+    """SIGKILL the process that started a flood and a probe (as a killed test run would be): both end."""
+    atk, cli = lab.attackers[0], lab.clients[0]
+    flood = Flood(lab, "syn_flood", pps=RATE)
+    with tempfile.TemporaryDirectory() as tmp:
+        cfg = os.path.join(tmp, "f.cfg")
+        with open(cfg, "w") as f:
+            f.write(flood.config_text)
+        trafgen = _trafgen.argv(device=atk.ifname, config=cfg, pps=RATE, count=None, seed=None, cap_seconds=600,
+                                die_with_parent=True)
+        probe = [sys.executable, "-m", "agent.lab._clients", "--parent", "{PARENT}", "probe", "--kind", "udp",
+                 "--host", str(lab.server_v4), "--port", "7", "--rate", "20"]
+        argvs = [lab.topology.nsenter_argv(atk.ns, trafgen), lab.topology.nsenter_argv(cli.ns, probe)]
+        env = dict(os.environ, PYTHONPATH=str(Path(agent.__file__).resolve().parent.parent))
+        starter = subprocess.Popen([sys.executable, "-c", _STARTER, json.dumps(argvs)], stdout=subprocess.PIPE,
+                                   text=True, cwd=tmp, env=env)
+        try:
+            assert starter.stdout is not None
+            leaders = [psutil.Process(int(pid)) for pid in starter.stdout.readline().split()]
+            with LinkCounter(lab.topology, atk.ns, atk.ifname) as tx:
+                sent0 = tx.read().tx_packets
+                deadline = time.monotonic() + 5.0
+                while tx.read().tx_packets == sent0 and time.monotonic() < deadline:
+                    time.sleep(0.05)
+                assert tx.read().tx_packets > sent0, "the flood never started"
+            group = [p for leader in leaders for p in (leader, *leader.children(recursive=True))]
+            assert len(group) == 4  # timeout -> trafgen -> its worker; the probe
+        finally:
+            starter.kill()
+            starter.wait()
+        _, alive = psutil.wait_procs(group, timeout=5.0)
+    assert not alive, [p.cmdline() for p in alive]
     assert not no_trafgen_on(lab)
 
 
