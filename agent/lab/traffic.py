@@ -501,19 +501,16 @@ def carpet_bombing(lab: Lab, *, ipv6: bool = False, attacker: int = 0, size: int
 
 
 def mix(lab: Lab, *, ipv6: bool = False, attacker: int = 0) -> Recipe:
-    """DNS reflection, SYN flood (port 80), ICMP echo and fragments at once, a quarter of the packets each."""
-    del ipv6
-    parts = (
-        reflection(lab, "dns", attacker=attacker),
-        syn_flood(lab, ports=(DEFAULTS.http_ports[0],), attacker=attacker),
-        icmp_flood(lab, attacker=attacker),
-        Recipe("", "", fragment_flood(lab, attacker=attacker).templates[:1]),
+    """DNS reflection, SYN flood (port 80), ICMP echo and fragments at once, a quarter of the packets each. IPv4."""
+    if ipv6:
+        raise ValueError("mix is IPv4 only (it contains ICMP and fragments)")
+    templates = (
+        *reflection(lab, "dns", attacker=attacker).templates,
+        *syn_flood(lab, ports=(DEFAULTS.http_ports[0],), attacker=attacker).templates,
+        *icmp_flood(lab, attacker=attacker).templates,
+        fragment_flood(lab, attacker=attacker).templates[0],  # middle pieces (More Fragments)
     )
-    return Recipe(
-        "mix",
-        "DNS reflection + SYN flood + ICMP echo + fragments, round robin",
-        tuple(t for p in parts for t in p.templates),
-    )
+    return Recipe("mix", "DNS reflection + SYN flood + ICMP echo + fragments, round robin", templates)
 
 
 RecipeBuilder = Callable[..., Recipe]
@@ -961,7 +958,8 @@ def connect_test(
 ) -> ProbeStats:
     """Open ``n`` new TCP connections with ordinary sockets, ``rate`` per second; return how many connected.
 
-    Each counts as a success if its handshake completes within ``timeout``
+    Something must listen there (a :class:`LegitServer`). Each counts as a
+    success if its handshake completes within ``timeout``
     (3 s: a SYN dropped or challenged once is retransmitted after ~1 s and
     still makes it; one dropped twice is not, its next try comes at 3 s).
     """

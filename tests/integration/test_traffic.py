@@ -196,7 +196,7 @@ def test_recipe_packets_are_well_formed(lab: Lab, name: str, ipv6: bool) -> None
 
 
 def test_ipv4_only_recipes_refuse_ipv6(lab: Lab) -> None:
-    for name in ("icmp_flood", "fragment_flood"):
+    for name in ("icmp_flood", "fragment_flood", "mix"):
         with pytest.raises(ValueError, match="IPv4 only"):
             make_recipe(lab, name, ipv6=True)
 
