@@ -265,7 +265,10 @@ class Controller:
         prev = self._targets.get(a.id)
         known = prev.prefixes if prev is not None and prev.carpet else ()
         fresh = locate(d, rows_of(a.gid), cls, a.threshold_pps, view, s, known)
-        if fresh is not None:
+        hot = a.gid < g.groups and float(g.pps[a.gid, cls]) > a.threshold_pps
+        if fresh is not None and (prev is None or hot):
+            # The target is what the flood hits: during the hold-down, what
+            # remains is normal traffic and must not retarget the attack.
             self._targets[a.id] = fresh
             a.host = str(fresh.host) if fresh.host is not None else None
             a.prefixes = [str(n) for n in fresh.prefixes]
@@ -395,7 +398,7 @@ class Controller:
             return
         t_pps, t_bps = self._scope_thresholds(a)
         contained = passed_level(pps, bps, dropped, t_pps, t_bps) <= 1.0
-        todo = next_steps(ladder, a.steps, contained, first=not a.steps)
+        todo = next_steps(ladder, a.steps, contained, first=not a.steps, spoofed=a.spoofed)
         while todo:
             step = todo.pop(0)
             if step in a.steps:
@@ -436,7 +439,8 @@ class Controller:
             nets = self._settings.groups[a.gid].prefixes
         t_pps, t_bps = self._scope_thresholds(a)
         return plan_rules(
-            Vector(a.flood), shape, nets, a.gid, t_pps, t_bps, a.monitor, self._protocols.get(a.id, ())
+            Vector(a.flood), shape, nets, a.gid, t_pps, t_bps, a.monitor, self._protocols.get(a.id, ()),
+            spoofed=a.spoofed,
         )
 
     def _abusive_pps(self, view: GroupView, cls: int) -> float:

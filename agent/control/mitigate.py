@@ -93,10 +93,14 @@ def plan_rules(
     threshold_bps: float,
     monitor: bool,
     protocols: Sequence[int] = (),
+    spoofed: bool = False,
 ) -> RulePlan:
     """Rules matching one attack's traffic towards ``nets`` (its host, or its group's prefixes).
 
     ``protocols``: the most sampled IP protocols, for fragment and other-protocol floods.
+    ``spoofed``: forged sources to random ephemeral ports are dropped, not
+    limited: no legitimate client of a protected server looks like that, and
+    a limit at the detection threshold still lets an attack-sized flood in.
     """
     if flood is Vector.SYN_FLOOD:
         return RulePlan((), "syn floods get no aggregate rule: per-source limits and SYN authentication instead")
@@ -149,8 +153,12 @@ def plan_rules(
             else:
                 add(net, proto, RuleAction.DROP, sport=(0, 255 if net.version == 4 else ICMPV6_BELOW_NDP))
         elif flood in (Vector.UDP_FLOOD, Vector.UDP_REFLECTION):
-            dport = (shape.dport, shape.dport) if shape.dport is not None else (0, 65535)
-            add(net, IPPROTO_UDP, RuleAction.RATE_LIMIT, dport=dport)
+            if shape.dport is not None:
+                dport = (shape.dport, shape.dport)
+            else:
+                dport = shape.dport_range or (0, 65535)
+            drop = spoofed and shape.dport is None and shape.dport_range is not None
+            add(net, IPPROTO_UDP, RuleAction.DROP if drop else RuleAction.RATE_LIMIT, dport=dport)
         elif flood is Vector.TCP_OTHER_FLOOD:
             # TCP-other samples never carry SYN without ACK, so the dominant
             # flags are safe to match; without one, match everything but SYNs.
@@ -176,7 +184,9 @@ def passed_level(
     return max(passed / max(threshold_pps, 1.0), bps * share / max(threshold_bps, 1.0))
 
 
-def next_steps(ladder: Sequence[str], armed: Sequence[str], contained: bool, first: bool) -> list[str]:
+def next_steps(
+    ladder: Sequence[str], armed: Sequence[str], contained: bool, first: bool, spoofed: bool = False
+) -> list[str]:
     """Steps to arm now.
 
     The first step at the start. Later, one more each tick while what passes
@@ -184,12 +194,18 @@ def next_steps(ladder: Sequence[str], armed: Sequence[str], contained: bool, fir
     the start whatever the containment: they only ever hit sources that are
     persistently far above their own limit and not spoofed, whereas a rule
     acts on every packet of the attack's shape, legitimate ones included.
+    When the sources look spoofed, per-source limits cannot contain the
+    flood (every packet comes from a new source): the rule is armed with the
+    first step instead of a tick later.
     """
     remaining = [s for s in ladder if s not in armed]
     if not remaining:
         return []
     if first:
-        return [remaining[0]]
+        out = [remaining[0]]
+        if spoofed and out[0] == "tighten" and "rule" in remaining:
+            out.append("rule")
+        return out
     out = [] if contained else [remaining[0]]
     if "ban" in remaining and "ban" not in out:
         out.append("ban")

@@ -103,11 +103,20 @@ class Classification:
     tcp_flags: int | None = None  # dominant value of flags & TCP_KIND_MASK
     icmp_type: int | None = None
     samples: int = 0
+    # No single destination port, but all of them ephemeral (>= 1024): a
+    # rule can spare the services on well-known ports.
+    dport_range: tuple[int, int] | None = None
 
     @property
     def label(self) -> str:
         """``udp_reflection/ntp``, ``syn_flood``, …"""
         return f"{self.vector}/{self.service}" if self.service else str(self.vector)
+
+
+#: Ports from here up are ephemeral: a flood to random ones can be limited without the services below.
+EPHEMERAL_LOW = 1024
+#: Samples needed before a port range is trusted.
+MIN_RANGE_SAMPLES = 20
 
 
 def _dominant(counts: Counter[int], total: int, share: float) -> int | None:
@@ -144,7 +153,12 @@ def classify(cls: int, samples: SampleStats | Sequence[PacketSample]) -> Classif
         top = _dominant(firsts, sum(firsts.values()), DOMINANT_SHARE)
         if top is not None and top in REFLECTION_PORTS and (proto in (None, 17)):
             service = REFLECTION_PORTS[top]
-    return Classification(vector, service, sport, dport, proto, flags, icmp_type, total)
+    dport_range = None
+    if vector is Vector.UDP_FLOOD and dport is None:
+        high = sum(n for port, n in stats.dports.items() if port >= EPHEMERAL_LOW)
+        if high >= NARROW_SHARE * total and total >= MIN_RANGE_SAMPLES:
+            dport_range = (EPHEMERAL_LOW, 65535)
+    return Classification(vector, service, sport, dport, proto, flags, icmp_type, total, dport_range)
 
 
 def top_protocols(samples: SampleStats | Sequence[PacketSample], n: int) -> list[int]:

@@ -268,6 +268,22 @@ def test_carpet_bombing_across_many_hosts_gets_a_prefix_rule() -> None:
     assert len(attack.to_dict()["top_destinations"]) == 10
     (rule,) = sc.port.rules
     assert rule.dst == ipaddress.ip_network("203.0.113.0/24") and rule.proto == 17
+    # Spoofed sources to random ephemeral ports: dropped, services below 1024 spared.
+    assert attack.spoofed
+    assert rule.action == RuleAction.DROP and rule.dport == (1024, 65535)
+
+
+def test_a_carpet_from_real_sources_gets_an_aggregate_limit_not_a_drop() -> None:
+    sc = scenario()
+    gid = sc.gid("servers")
+    hosts = [ipaddress.ip_address(f"203.0.113.{i}") for i in range(100, 120)]
+    for h in hosts:
+        botnet = tuple(ipaddress.ip_address(f"198.18.7.{i}") for i in range(1, 6))
+        sc.replay.add(Flow(h, gid, TrafficClass.UDP, 5_000, dport=None, start_s=sc.replay.t, sources=botnet))
+    sc.run(5)
+    (attack,) = sc.controller.attacks()
+    assert attack.vector == "carpet_bombing" and not attack.spoofed
+    (rule,) = sc.port.rules
     assert rule.action == RuleAction.RATE_LIMIT and rule.pps >= 20_000
 
 
@@ -546,3 +562,17 @@ def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
     sc.controller.update_policy(new, compiled)
     assert not sc.controller._baseline.seen[office].any()
     assert sc.controller._baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
+
+
+def test_a_carpet_attack_stays_a_carpet_attack_through_its_hold_down() -> None:
+    # When the flood stops, the normal traffic left is one busy host: that must
+    # not turn the ended attack into a single-host UDP flood.
+    sc = scenario()
+    gid = sc.gid("servers")
+    stop = sc.replay.t + 5
+    for i in range(100, 120):
+        sc.replay.add(Flow(ipaddress.ip_address(f"203.0.113.{i}"), gid, TrafficClass.UDP, 5_000, dport=None,
+                           start_s=sc.replay.t, stop_s=stop))
+    sc.run(60)
+    (attack,) = sc.controller.attacks(active=False, recent=1)
+    assert not attack.active and attack.vector == "carpet_bombing" and attack.host is None

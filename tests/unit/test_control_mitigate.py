@@ -131,3 +131,11 @@ def test_the_ladder_climbs_one_step_at_a_time_and_bans_follow_the_start() -> Non
     assert next_steps(("rule",), [], contained=False, first=True) == ["rule"]
     assert next_steps((), [], contained=False, first=True) == []
     assert next_steps(("ban",), [], contained=True, first=True) == ["ban"]
+
+
+def test_spoofed_floods_get_their_rule_with_the_first_step() -> None:
+    ladder = ("tighten", "rule", "ban")
+    # Per-source limits cannot contain forged sources: no tick is spent finding that out.
+    assert next_steps(ladder, [], contained=False, first=True, spoofed=True) == ["tighten", "rule"]
+    assert next_steps(ladder, [], contained=False, first=True, spoofed=False) == ["tighten"]
+    assert next_steps(("rule", "ban"), [], contained=False, first=True, spoofed=True) == ["rule"]
