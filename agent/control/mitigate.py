@@ -153,10 +153,7 @@ def plan_rules(
             else:
                 add(net, proto, RuleAction.DROP, sport=(0, 255 if net.version == 4 else ICMPV6_BELOW_NDP))
         elif flood in (Vector.UDP_FLOOD, Vector.UDP_REFLECTION):
-            if shape.dport is not None:
-                dport = (shape.dport, shape.dport)
-            else:
-                dport = shape.dport_range or (0, 65535)
+            dport = (shape.dport, shape.dport) if shape.dport is not None else shape.dport_range or (0, 65535)
             drop = spoofed and shape.dport is None and shape.dport_range is not None
             add(net, IPPROTO_UDP, RuleAction.DROP if drop else RuleAction.RATE_LIMIT, dport=dport)
         elif flood is Vector.TCP_OTHER_FLOOD:
