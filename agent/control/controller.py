@@ -504,7 +504,10 @@ class Controller:
             if view is None:
                 continue
             m = view.mitigation
-            if "tighten" in a.steps:
+            # Under SYN authentication only verified sources reach the per-source
+            # SYN limits: tightening them would only slow real users down.
+            syn_authenticated = a.flood == Vector.SYN_FLOOD and view.syn_auth != "off"
+            if "tighten" in a.steps and not syn_authenticated:
                 classes.setdefault(a.gid, set()).add(a.cls)
             if a.flood == Vector.SYN_FLOOD and view.syn_auth == "on_attack" and m.ladder:
                 w.syn_auth[a.gid] = m.ttl
@@ -538,6 +541,12 @@ class Controller:
                 done.add("syn_auth")
                 exp = self._enforcer.syn_auth[a.gid]
                 self._applied_entry(a, now, "syn_auth", {"expires_in_s": round((exp - now) / NS, 3)})
+            if "syn_auth" not in done and a.flood == Vector.SYN_FLOOD and view.syn_auth == "always":
+                # The program challenges every unverified SYN to this group already:
+                # the record says so, with nothing to write and nothing to expire.
+                done.add("syn_auth_always")
+                done.add("syn_auth")
+                self._applied_entry(a, now, "syn_auth", {"always": True})
         for aid, rule in ch.rules_added:
             rec = by_id.get(aid)
             if rec is not None:
@@ -554,7 +563,7 @@ class Controller:
             done = self._applied.pop(a.id, set())
             if "tighten" in done:
                 self._removed_entry(a, now, "tighten", {"relaxed": a.gid in ch.relaxed})
-            if "syn_auth" in done:
+            if "syn_auth" in done and "syn_auth_always" not in done:
                 self._removed_entry(a, now, "syn_auth", {"stopped": a.gid in ch.syn_off})
             self._targets.pop(a.id, None)
             self._shapes.pop(a.id, None)

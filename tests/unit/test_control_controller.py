@@ -105,7 +105,7 @@ def test_reflection_over_ipv6_gets_a_host_rule_and_ipv6_bans_cover_the_source_pr
 # --- SYN floods ---------------------------------------------------------------------------------
 
 
-def test_syn_flood_gets_per_source_limits_and_syn_auth_never_an_aggregate_rule() -> None:
+def test_syn_flood_gets_syn_auth_never_an_aggregate_rule() -> None:
     sc = scenario()
     gid = sc.gid("servers")
     t0 = sc.replay.t
@@ -114,10 +114,11 @@ def test_syn_flood_gets_per_source_limits_and_syn_auth_never_an_aggregate_rule()
         sc.run(3)
         (attack,) = sc.controller.attacks()
         assert attack.vector == "syn_flood"
-        limits, expires = sc.port.tightened[gid]
-        assert limits[TrafficClass.TCP_SYN] == ClassLimit(pps=10, bps=100_000, burst=20)
-        assert limits[TrafficClass.UDP] == ClassLimit(5000, 50_000_000, 10_000), "other classes keep the policy's"
-        assert sc.port.syn_auth[gid] == expires
+        # Only verified sources reach the per-source SYN limits: tightening
+        # them would slow real users down and not one forged SYN.
+        assert gid not in sc.port.tightened
+        now = sc.port.now_ns()
+        assert now < sc.port.syn_auth[gid] <= now + 10 * 10**9  # mitigation.ttl of the lab policy
         assert attack.spoofed and attack.bans == 0
         sc.run(12)
     assert sc.controller.attacks() == []
@@ -136,6 +137,10 @@ def test_syn_auth_is_only_for_groups_that_ask_for_it_on_attack() -> None:
     sc.run(3)
     assert sc.controller.attacks()[0].vector == "syn_flood"
     assert sc.port.written("syn_auth") == []
+    # Without SYN authentication, per-source limits are the defence: tightened.
+    limits, _expires = sc.port.tightened[gid]
+    assert limits[TrafficClass.TCP_SYN] == ClassLimit(pps=10, bps=100_000, burst=20)
+    assert limits[TrafficClass.UDP] == ClassLimit(5000, 50_000_000, 10_000), "other classes keep the policy's"
     assert gid in sc.port.tightened
 
 
@@ -576,3 +581,15 @@ def test_a_carpet_attack_stays_a_carpet_attack_through_its_hold_down() -> None:
     sc.run(60)
     (attack,) = sc.controller.attacks(active=False, recent=1)
     assert not attack.active and attack.vector == "carpet_bombing" and attack.host is None
+
+
+def test_a_syn_flood_on_an_always_authenticated_group_says_so() -> None:
+    sc = scenario(with_group(syn_auth="always"))
+    gid = sc.gid("servers")
+    sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_SYN, 300_000, size=60, dport=443, start_s=sc.replay.t))
+    sc.run(3)
+    (attack,) = sc.controller.attacks()
+    assert attack.vector == "syn_flood"
+    (entry,) = [m for m in attack.mitigations if m.step == "syn_auth"]
+    assert entry.detail == {"always": True} and entry.action == "applied"
+    assert sc.port.written("syn_auth") == [], "nothing to switch on: the program challenges already"
