@@ -154,6 +154,14 @@ class LabAgent:
     def call(self, verb: str, **args: Any) -> Any:
         return call(self.socket_path, verb, args, timeout=30)
 
+    def cli(self, *args: str) -> str:
+        """Run the real CLI against this agent; its standard output."""
+        out = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--socket", str(self.socket_path)],
+                             capture_output=True, text=True, timeout=60)
+        if out.returncode != 0:
+            raise RuntimeError(f"floodguard {' '.join(args)}: {out.stderr.strip()}")
+        return out.stdout
+
     def log_tail(self, n: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
