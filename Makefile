@@ -24,6 +24,9 @@ bench: setup
 	$(FG) bench datapath
 	$(FG) bench prefixes
 	$(FG) bench policy
+	$(FG) bench detection
+	$(FG) bench synauth
+	$(FG) bench e2e
 
 # As a systemd service: a venv under /opt/floodguard, the unit, /etc/floodguard
 # (an existing policy is kept). `make uninstall PURGE=1` also removes policy and state.
