@@ -62,7 +62,17 @@ stack) runs as softirq in the sender's context, or in ksoftirqd when
 deferred. So this figure is blind to other work on the machine. It misses
 work done from timers in other contexts (the server link's token bucket,
 which only ``no_filter`` reaches); on a quiet machine the two agree within a
-few percent. When they disagree by more than 25%, a note says so.
+few percent. A window whose two figures disagree by more than 25% was
+disturbed by other work: it is measured again (``--retries``, once by
+default) and the closer window kept; a note names what stayed disturbed.
+
+XDP on a veth is not XDP on a NIC: veth runs a native XDP program on the
+skb the peer transmitted, after a ring hop into NAPI and, when the skb has
+less than 256 bytes of headroom (a forwarded packet does), after copying it
+into a fresh page. Here that makes every XDP configuration dearer than the
+skb hooks (nftables ingress, iptables raw), the reverse of a NIC driver,
+where XDP runs on the receive buffer before any skb exists. The XDP
+configurations compare fairly with each other and with ``xdp_drop``.
 
 Both figures include the generator and the upstream router's forwarding,
 the same in every configuration, so the ratios are compressed towards 1.
@@ -96,6 +106,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import math
 import os
 import resource
 import shutil
@@ -454,7 +465,10 @@ IDLE_TOLERANCE_CPUS = 0.05
 """Baseline slices busier than the median by more than this were other work arriving; they are left out."""
 QUIET_CPUS = 0.25
 """An idle rate above this (of all CPUs together) means other work is running: wait for it to pass."""
-DEFAULT_WAIT_QUIET = 20.0
+DEFAULT_WAIT_QUIET = 10.0
+DEFAULT_RETRIES = 1
+DISAGREEMENT = 0.25
+"""A window whose /proc/stat figure is further than this from its attributed one was disturbed."""
 OUTLIER_MADS = 4.0
 OUTLIER_FLOOR = 0.15
 """A slice is used when its ns/packet is within OUTLIER_MADS scaled MADs of the median, or within 15% of it."""
@@ -532,6 +546,8 @@ class Window:
     """Flood start and end (``time.monotonic()``)."""
     waited_for_quiet: float = 0.0
     """Seconds spent measuring the idle rate again because other work kept the machine busy."""
+    tries: int = 1
+    """Windows measured for this one (the rest disagreed more with the attributed figure)."""
 
     @property
     def rx(self) -> int:
@@ -762,6 +778,23 @@ def _load_configs(stack: contextlib.ExitStack, lab: Lab, root: str, workdir: str
     return out
 
 
+def _disagreement(w: Window) -> float:
+    """How far the window's /proc/stat figure is from its attributed one (0.1 = 10%; inf: no figure)."""
+    est = estimate([w])
+    if est.ns_per_packet is None or w.rx == 0 or w.attributed_ns <= 0:
+        return math.inf
+    attributed = w.attributed_ns / w.rx
+    return abs(est.ns_per_packet - attributed) / attributed
+
+
+def _summary(w: Window) -> str:
+    est = estimate([w])
+    waited = f" after waiting {w.waited_for_quiet:.0f} s for quiet" if w.waited_for_quiet else ""
+    return (f"{w.rx:,} packets at gw-in, {_fmt(est.ns_per_packet, ',.0f')} ns of CPU each ({est.used}/{est.total} "
+            f"slices, idle {w.idle_ns_per_s / 1e9:.2f} CPUs{waited}), "
+            f"attributed {w.attributed_ns / max(w.rx, 1):,.0f} ns")
+
+
 def _legit_window(w: Window, timeout: float) -> tuple[float, float]:
     """Requests that started during the flood and were settled before it ended, when the flood is long
     enough: a request started in its last seconds retries after it, with the flood gone (or, for a filter,
@@ -780,6 +813,7 @@ def run(
     link_mbit: float | None = DEFAULTS.server_link_mbit,
     configs: Sequence[str] = CONFIGS,
     wait_quiet: float = DEFAULT_WAIT_QUIET,
+    retries: int = DEFAULT_RETRIES,
     progress: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Build a lab, measure every configuration, tear it all down; the result is what ``--json`` prints."""
@@ -817,13 +851,15 @@ def run(
         for r in range(rounds):
             for name in _order(list(loaded), r):
                 say(f"{name}: measuring" + (f" (round {r + 1} of {rounds})" if rounds > 1 else ""))
-                w = bench.measure(loaded[name], r)
-                windows.append(w)
-                est = estimate([w])
-                say(f"{name}: {w.rx:,} packets at gw-in, {_fmt(est.ns_per_packet, ',.0f')} ns of CPU each "
-                    f"({est.used}/{est.total} slices, idle {w.idle_ns_per_s / 1e9:.2f} CPUs"
-                    + (f" after waiting {w.waited_for_quiet:.0f} s for quiet" if w.waited_for_quiet else "")
-                    + f"), attributed {w.attributed_ns / max(w.rx, 1):,.0f} ns")
+                tries = [bench.measure(loaded[name], r)]
+                say(f"{name}: {_summary(tries[-1])}")
+                while _disagreement(tries[-1]) > DISAGREEMENT and len(tries) <= retries:
+                    say(f"{name}: other work on the machine inflated /proc/stat; measuring again")
+                    tries.append(bench.measure(loaded[name], r))
+                    say(f"{name}: {_summary(tries[-1])}")
+                best = min(tries, key=_disagreement)
+                best.tries = len(tries)
+                windows.append(best)
         probe.stop()  # requests in flight finish: every window's samples are in
         for w in windows:
             legit.setdefault(w.config, []).append(probe.stats(*_legit_window(w, probe.timeout)))
@@ -857,6 +893,7 @@ def _row(name: str, ws: Sequence[Window], legit: Sequence[ProbeStats], what: str
         "flood_pps": round(sum(w.sent for w in ws) / flood_seconds) if flood_seconds > 0 else None,
         "idle_busy_cpus": round(statistics.fmean(w.idle_ns_per_s for w in ws) / 1e9, 3),
         "waited_for_quiet_seconds": round(sum(w.waited_for_quiet for w in ws), 1),
+        "remeasured": sum(w.tries - 1 for w in ws),
         "flood_busy_cpus": round(raw / sum(s.seconds for s in slices) / 1e9, 3) if slices else None,
         "steal_ns_per_packet": round(sum(s.steal_ns for s in slices) / rx, 1) if rx else None,
         "legit_http_success_pct": (round(100.0 * successes / attempts, 1)
@@ -875,13 +912,16 @@ def _doubts(name: str, row: dict[str, Any]) -> list[str]:
     used, total = (int(x) for x in row["slices_used"].split("/"))
     if used < total:
         why.append(f"{total - used} of {total} one-second slices left out (far from the others: other work)")
+    if row["remeasured"]:
+        why.append(f"measured again {row['remeasured']} time(s) (other work disturbed /proc/stat), the window "
+                   "closest to the attributed figure kept")
     att, ns = row["attributed_ns_per_packet"], row["cpu_ns_per_packet"]
-    if att and abs(ns - att) > 0.25 * att:
+    disturbed = bool(att) and abs(ns - att) > DISAGREEMENT * att
+    if disturbed:
         why.append(f"/proc/stat says {ns:,.0f} ns, the attributed figure {att:,.0f} ns")
     if not why:
         return []
-    return [f"{name}: " + "; ".join(why) + (": trust the attributed figure" if att and abs(ns - att) > 0.25 * att
-                                             else "")]
+    return [f"{name}: " + "; ".join(why) + (": trust the attributed figure" if disturbed else "")]
 
 
 def _result(names: Sequence[str], *, windows: Sequence[Window], legit: dict[str, list[ProbeStats]],
@@ -934,9 +974,13 @@ def _result(names: Sequence[str], *, windows: Sequence[Window], legit: dict[str,
         "trafgen's --rate sends each second's packets back-to-back, then sleeps: the load pulses (peak rate "
         "several times the mean). That shapes peak load and the legitimate traffic, not CPU per packet, an "
         "average over whole seconds",
-        "on a veth, native XDP runs on an skb the sender already built (converted to an xdp_buff, sometimes "
-        "copied): XDP's advantage over skb-based filters is smaller here than on a NIC driver, where XDP runs "
-        "before any skb exists",
+        "XDP on a veth is not XDP on a NIC: the packet reaches gw-in as an skb the upstream router built, and "
+        "veth's native XDP first moves it through a ring into NAPI and, as it has less than 256 bytes of "
+        "headroom, copies it into a fresh page (veth_convert_skb_to_xdp_buff) before the program runs. So every "
+        "XDP configuration here pays more per packet than nftables' ingress hook or iptables' raw table, which "
+        "drop the skb as it is. On a NIC driver XDP runs on the receive buffer before any skb exists. Compare "
+        "the XDP configurations with each other and with xdp_drop; the skb hooks' figures are what they cost "
+        "on a veth",
         "floodguard: the program and a policy applied with PolicyRuntime (the daemon's path), not the daemon "
         "process: this is the data plane's CPU",
         "legitimate success: HTTP probes (new connection + GET, 20/s, 2 s timeout) from a client namespace to "
@@ -1006,8 +1050,7 @@ EPILOG = """\
 examples:
   floodguard bench e2e                          the table (about 2 minutes)
   floodguard bench e2e --json                   the same as JSON (progress goes to stderr)
-  floodguard bench e2e --pps 100000 --seconds 20 --rounds 2
-                                                more packets and two rounds: steadier figures
+  floodguard bench e2e --seconds 20 --rounds 2  longer windows, two rounds: steadier (about 6 minutes)
   floodguard bench e2e --configs floodguard,no_filter
                                                 only these (xdp_drop, the reference, always runs)
   floodguard bench e2e --recipe syn_flood --link-mbit 0
@@ -1056,6 +1099,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--wait-quiet", type=float, default=DEFAULT_WAIT_QUIET,
                    help=f"before each flood, wait up to this long while other work keeps more than {QUIET_CPUS:g} "
                    f"CPUs busy (default {DEFAULT_WAIT_QUIET:g})")
+    p.add_argument("--retries", type=int, default=DEFAULT_RETRIES,
+                   help=f"measure a window again this many times when its /proc/stat figure is more than "
+                   f"{DISAGREEMENT * 100:.0f}%% from the attributed one (default {DEFAULT_RETRIES})")
     p.add_argument("--quiet", action="store_true", help="no progress lines on stderr")
     args = p.parse_args(argv)
     if args.pps < 1 or args.seconds <= 0 or args.baseline <= 0 or args.rounds < 1:
@@ -1076,7 +1122,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         result = run(args.pps, args.seconds, baseline=args.baseline, rounds=args.rounds, recipe=args.recipe,
                      link_mbit=args.link_mbit or None, configs=args.configs, wait_quiet=max(0.0, args.wait_quiet),
-                     progress=say)
+                     retries=max(0, args.retries), progress=say)
     except KeyboardInterrupt:
         print("floodguard bench e2e: interrupted; the lab, its rules, programs and pins are removed", file=sys.stderr)
         return 130
