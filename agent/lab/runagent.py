@@ -166,7 +166,7 @@ class LabAgent:
         return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
 
     def events(self, name: str | None = None) -> list[dict[str, Any]]:
-        out = []
+        out: list[dict[str, Any]] = []
         if not self.log_path.exists():
             return out
         for line in self.log_path.read_text(errors="replace").splitlines():
