@@ -944,6 +944,10 @@ def _result(names: Sequence[str], *, windows: Sequence[Window], legit: dict[str,
             row["extra_ns_over_xdp_drop"] = round(ns - ref["cpu_ns_per_packet"], 1)
         if att is not None and ref.get("attributed_ns_per_packet"):
             row["attributed_ratio_to_xdp_drop"] = round(att / ref["attributed_ns_per_packet"], 3)
+    ref_ns, ref_att = ref.get("cpu_ns_per_packet"), ref.get("attributed_ns_per_packet")
+    if ref_ns is not None and ref_att and abs(ref_ns - ref_att) > DISAGREEMENT * ref_att:
+        notes.append("xdp_drop, the reference, has a disturbed /proc/stat figure: every /proc/stat ratio is off by "
+                     "as much; read the attributed ratios")
     for name, row in configs.items():
         if row.get("cpu_ns_per_packet") is None:
             continue
