@@ -56,8 +56,18 @@ def pin_root(name: str) -> Iterator[str]:
     root = f"{BPFFS}/{name}-{os.getpid()}"
     loader.check_environment(root)
     previous: dict[signal.Signals, Any] = {}
+    owner = os.getpid()
+
+    def on_signal(signum: int, frame: object) -> None:
+        # A forked helper (pyroute2 forks to enter namespaces) inherits this
+        # handler: it must die at once, not unwind a copy of our stack and run
+        # our clean-up (which would tear down the lab being built).
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        _raise_exit(signum, frame)
+
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous[sig] = signal.signal(sig, _raise_exit)
+        previous[sig] = signal.signal(sig, on_signal)
     try:
         loader.remove_pins(root)
         os.makedirs(root)
