@@ -58,7 +58,7 @@ def pin_root(name: str) -> Iterator[str]:
     previous: dict[signal.Signals, Any] = {}
     owner = os.getpid()
 
-    def on_signal(signum: int, frame: object) -> None:
+    def on_signal(signum: int, frame: FrameType | None) -> None:
         # A forked helper (pyroute2 forks to enter namespaces) inherits this
         # handler: it must die at once, not unwind a copy of our stack and run
         # our clean-up (which would tear down the lab being built).
