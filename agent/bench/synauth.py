@@ -74,7 +74,6 @@ import selectors
 import shutil
 import signal
 import socket
-import subprocess
 import sys
 import tempfile
 import threading
@@ -89,10 +88,9 @@ import numpy as np
 import yaml
 
 from agent import log
-from agent.api import ClientError, RequestError, call
-from agent.datapath import abi, attach, loader
-from agent.datapath.maps import Maps
+from agent.datapath import abi
 from agent.datapath.port import MapPort
+from agent.lab.runagent import REPO_POLICY, LabAgent, lab_policy_path
 from agent.lab.topology import Lab, build_lab, run_prefix
 from agent.lab.traffic import (
     DEFAULTS,
@@ -133,7 +131,6 @@ CONNECT_TIMEOUT = DEFAULTS.connect_timeout  # 3 s: one retransmission (after ~1 
 PORT = DEFAULTS.http_ports[0]
 FIRST_SOURCE = 10  # the client's sources are .10, .11, ... of its /24
 AGENT_START_TIMEOUT = 90.0
-REPO_POLICY = Path(__file__).resolve().parents[2] / "etc" / "lab-policy.yaml"
 _NUD_PERMANENT = 0x80
 
 Progress = Callable[[str], None]
@@ -244,14 +241,7 @@ def connect_many(server: str, port: int, sources: Sequence[str], rate: float, ti
     return [r for r in results if r is not None]
 
 
-# --- the daemon -----------------------------------------------------------------------------------
-
-
-def _base_policy() -> dict[str, Any]:
-    if not REPO_POLICY.is_file():
-        raise BenchError(f"{REPO_POLICY} not found: run the bench from a floodguard checkout")
-    data: dict[str, Any] = yaml.safe_load(REPO_POLICY.read_text())
-    return data
+# --- floodguard -----------------------------------------------------------------------------------
 
 
 def challenge_cap(policy: dict[str, Any]) -> int:
@@ -260,118 +250,55 @@ def challenge_cap(policy: dict[str, Any]) -> int:
     return int(SynAuth().challenge_pps if cap is None else SynAuth(challenge_pps=cap).challenge_pps)
 
 
-def lab_policy(
-    lab: Lab, workdir: Path, syn_auth: SynAuthMode, challenge_pps: int | None, metrics_port: int
-) -> dict[str, Any]:
-    """etc/lab-policy.yaml for this lab: its interface, a private socket and state, the SYN auth mode
-    of the group that protects the server, and the challenge cap if one is given."""
-    data = _base_policy()
-    groups = [g for g in data.get("protect", [])
+def policy_overrides(lab: Lab, syn_auth: SynAuthMode, challenge_pps: int | None) -> dict[str, Any]:
+    """What the bench changes in etc/lab-policy.yaml (LabAgent's ``overrides``): the SYN auth mode of
+    the group that protects the server, and the challenge cap if one is given.
+
+    An override of ``protect`` replaces the whole list, so it is the lab policy's own list with that
+    group's ``syn_auth`` changed.
+    """
+    try:
+        path = lab_policy_path()
+    except FileNotFoundError as e:
+        raise BenchError(f"{REPO_POLICY} not found: run the bench from a floodguard checkout") from e
+    protect = [dict(g) for g in yaml.safe_load(path.read_text()).get("protect", [])]
+    groups = [g for g in protect
               if any(ipaddress.ip_network(p).overlaps(lab.server_net_v4) for p in g.get("prefixes", []))]
     if not groups:
-        raise BenchError(f"{REPO_POLICY} protects no group with {lab.server_net_v4}: the bench needs one")
+        raise BenchError(f"{path} protects no group with {lab.server_net_v4}: the bench needs one")
     for g in groups:
         g["syn_auth"] = syn_auth
+    overrides: dict[str, Any] = {"protect": protect}
     if challenge_pps is not None:
-        data["syn_auth"] = {**data.get("syn_auth", {}), "challenge_pps": challenge_pps}
-    data["interfaces"] = [{"name": lab.gateway_ingress.ifname, "mode": "native"}]
-    data["control"] = {"socket": str(workdir / "control.sock"), "group": None}
-    data["state_dir"] = str(workdir / "state")
-    data["metrics"] = {"listen": f"127.0.0.1:{metrics_port}"}
-    data["log"] = {"level": "info", "format": "json"}
-    return data
+        overrides["syn_auth"] = {"challenge_pps": challenge_pps}
+    return overrides
 
 
-def _free_port(lab: Lab) -> int:
-    def pick() -> int:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            return int(s.getsockname()[1])
+def start_agent(lab: Lab, workdir: Path, syn_auth: SynAuthMode, challenge_pps: int | None,
+                stack: contextlib.ExitStack) -> LabAgent:
+    """`floodguard run` on the lab with the bench's policy; ``stack`` stops it, detaches it and removes its pins."""
+    agent = LabAgent(lab, workdir=workdir, overrides=policy_overrides(lab, syn_auth, challenge_pps))
+    # Stopping leaves protection in place (by design); closing takes it away.
+    stack.callback(agent.close)
+    try:
+        return agent.start(AGENT_START_TIMEOUT)
+    except RuntimeError as e:  # it exited, or did not attach in time: the message has its log
+        raise BenchError(str(e)) from e
 
-    port: int = lab.topology.call(lab.gateway, pick)
-    return port
 
-
-class LabDaemon:
-    """`floodguard run` in the gateway namespace; :meth:`close` stops it, detaches it, removes its pins."""
-
-    def __init__(self, lab: Lab, workdir: Path, syn_auth: SynAuthMode, challenge_pps: int | None) -> None:
-        self.lab = lab
-        self.dir = workdir
-        self.dir.mkdir(parents=True, exist_ok=True)
-        self.pin_root = f"{loader.BPFFS}/floodguard-bench-synauth-{os.getpid()}-{workdir.name}"
-        self.policy_path = self.dir / "policy.yaml"
-        policy = lab_policy(lab, self.dir, syn_auth, challenge_pps, _free_port(lab))
-        self.challenge_pps = challenge_cap(policy)
-        self.policy_path.write_text(yaml.safe_dump(policy, sort_keys=False))
-        self.log_path = self.dir / "agent.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    @property
-    def pin_dir(self) -> str:
-        return f"{self.pin_root}/v{abi.ABI_VERSION}"
-
-    def start(self, timeout: float = AGENT_START_TIMEOUT) -> LabDaemon:
-        """Start the daemon; return once its program is attached (it says so on its control socket)."""
-        with open(self.log_path, "ab") as out:
-            self.proc = self.lab.topology.popen(
-                self.lab.gateway,
-                [sys.executable, "-m", "agent.cli", "run", "-c", str(self.policy_path), "--pin-root", self.pin_root],
-                stdout=out, stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise BenchError(f"floodguard exited with {self.proc.returncode}:\n{self.log_tail()}")
-            with contextlib.suppress(ClientError, RequestError, OSError, ValueError):
-                st = call(self.dir / "control.sock", "status", {}, timeout=5)
-                if st["interfaces"] and all(i["attached"] for i in st["interfaces"]):
-                    return self
-            time.sleep(0.1)
-        raise BenchError(f"floodguard did not attach within {timeout:.0f} s:\n{self.log_tail()}")
-
-    def reasons(self) -> dict[tuple[str, str], int]:
-        """Packets per (reason, class) the program counted, from its pinned maps."""
-        with Maps.from_pins(self.pin_dir) as maps:
-            port = MapPort(maps)
-            try:
-                stats = port.read_stats()
-            finally:
-                port.close()
-        per = stats[..., 0].sum(axis=(0, 3))  # [reason, class]
-        out: dict[tuple[str, str], int] = {}
-        for r, c in zip(*np.nonzero(per), strict=True):
-            out[(abi.Reason(int(r)).label, abi.TrafficClass(int(c)).label)] = int(per[r, c])
-        return out
-
-    def log_tail(self, n: int = 4000) -> str:
-        return self.log_path.read_text(errors="replace")[-n:] if self.log_path.exists() else ""
-
-    def close(self) -> None:
-        proc, self.proc = self.proc, None
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(5)
-        # Stopping leaves protection in place (by design); the bench takes it away.
-        with contextlib.suppress(Exception):
-            attach.detach(self.lab.gateway_ingress.ifname, netns=self.lab.gateway)
-        root = Path(self.pin_root)
-        if root.exists():
-            for d in root.iterdir():
-                with contextlib.suppress(Exception):
-                    loader.remove_pins(str(d))
-            with contextlib.suppress(OSError):
-                root.rmdir()
-
-    def __enter__(self) -> LabDaemon:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+def read_reasons(agent: LabAgent) -> dict[tuple[str, str], int]:
+    """Packets per (reason, class) the agent's program counted, from its pinned maps."""
+    with agent.maps() as maps:
+        port = MapPort(maps)
+        try:
+            stats = port.read_stats()
+        finally:
+            port.close()
+    per = stats[..., 0].sum(axis=(0, 3))  # [reason, class]
+    out: dict[tuple[str, str], int] = {}
+    for r, c in zip(*np.nonzero(per), strict=True):
+        out[(abi.Reason(int(r)).label, abi.TrafficClass(int(c)).label)] = int(per[r, c])
+    return out
 
 
 # --- one configuration ----------------------------------------------------------------------------
@@ -450,14 +377,12 @@ def measure(
     client = lab.clients[0]
     with contextlib.ExitStack() as stack:
         stack.enter_context(LegitServer(lab))
-        daemon: LabDaemon | None = None
+        agent: LabAgent | None = None
         if config.floodguard:
             progress(f"{config.name}: starting floodguard (syn_auth: {config.syn_auth})")
-            daemon = LabDaemon(lab, workdir / config.name, config.syn_auth, challenge_pps)
-            stack.callback(daemon.close)
-            daemon.start()
+            agent = start_agent(lab, workdir / config.name, config.syn_auth, challenge_pps, stack)
         listen0 = listen_counters(lab)
-        reasons0 = daemon.reasons() if daemon else {}
+        reasons0 = read_reasons(agent) if agent else {}
         progress(f"{config.name}: flood at {pps:,} pps, {len(sources)} connections at {rate:g}/s")
         flood = Flood(lab, "syn_flood", pps=pps).start()
         try:
@@ -467,8 +392,8 @@ def measure(
         finally:
             report = flood.stop()
         listen1 = listen_counters(lab)
-        reasons = _diff(daemon.reasons(), reasons0) if daemon else {}
-    cap = daemon.challenge_pps if daemon is not None and config.syn_auth != "off" else None
+        reasons = _diff(read_reasons(agent), reasons0) if agent else {}
+    cap = challenge_cap(agent.policy) if agent is not None and config.syn_auth != "off" else None
     result = ConfigResult(config, ProbeStats.of("connect", samples), listen1 - listen0, report, reasons, cap)
     progress(f"{config.name}: {result.connects}")
     return result
