@@ -33,7 +33,8 @@ class MitigationEntry:
     detail: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"at": self.at, "step": self.step, "action": self.action, "monitor": self.monitor, **self.detail}
+        # The entry's own fields last: a detail never hides what was done.
+        return {**self.detail, "at": self.at, "step": self.step, "action": self.action, "monitor": self.monitor}
 
 
 @dataclass

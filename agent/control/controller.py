@@ -890,7 +890,7 @@ def _rule_detail(rule: RuleSpec, now: int) -> dict[str, Any]:
         "rule_id": rule.rule_id,
         "dst": str(rule.dst),
         "proto": rule.proto,
-        "action": rule.action.name.lower(),
+        "rule_action": rule.action.name.lower(),
         "expires_in_s": round((rule.expires_ns - now) / NS, 3) if rule.expires_ns else None,
     }
     if rule.sport != (0, 65535):

@@ -90,5 +90,5 @@ def test_the_lab_is_left_as_found(result: dict[str, Any], lab: Lab) -> None:
     assert neighbours == {str(client.ipv4)}, "the upstream router knows the client's own address only"
     for iface in (lab.gateway_ingress, lab.upstream_link):
         assert not attach.xdp_state(iface.ifname, netns=iface.ns).attached, iface.ifname
-    ours = f"floodguard-bench-synauth-{os.getpid()}"
+    ours = f"floodguard-lab-{os.getpid()}-"  # LabAgent's pin roots
     assert not [p for p in Path("/sys/fs/bpf").iterdir() if p.name.startswith(ours)]

@@ -77,7 +77,7 @@ def test_ntp_reflection_is_dropped_by_source_port_and_released_after_it_stops() 
     assert ended.end_reason == "hold_down" and ended.dropped_packets > 0
     assert sc.port.rules == [] and gid not in sc.port.tightened
     assert events(logs, "attack_started", vector="udp_reflection", service="ntp")
-    assert events(logs, "mitigation_applied", step="rule", sport=[123, 123], action="drop")
+    assert events(logs, "mitigation_applied", step="rule", sport=[123, 123], rule_action="drop")
     assert events(logs, "mitigation_removed", step="rule", sport=[123, 123])
     assert events(logs, "mitigation_removed", step="tighten", relaxed=True)
     assert events(logs, "attack_ended", attack_id=ended.id)
