@@ -218,29 +218,15 @@ def build(options: BuildOptions | None = None) -> Program:
 
     name = options.function.encode()
     lib = libbcc.lib
-    logbuf = ct.create_string_buffer(_VERIFIER_LOG_SIZE)
-    with _capture_stderr():
-        fd = lib.bcc_func_load(
-            bpf.module,
-            _BPF_PROG_TYPE_XDP,
-            name,
-            lib.bpf_function_start(bpf.module, name),
-            lib.bpf_function_size(bpf.module, name),
-            lib.bpf_module_license(bpf.module),
-            lib.bpf_module_kern_version(bpf.module),
-            0,
-            logbuf,
-            _VERIFIER_LOG_SIZE,
-            None,
-            -1,
-        )
+    fd, err_no, _ = _load(lib, bpf, name, log_level=0)
     if fd < 0:
-        err_no = ct.get_errno()
         if err_no == 1:
             bpf.cleanup()
             raise MissingPrivilegeError("load an XDP program")
-        # The first attempt runs without a log; load again with one for the message.
-        verifier = _verifier_log(lib, bpf, name)
+        # The first attempt runs without a log (faster); load again with one for the message.
+        fd2, _, verifier = _load(lib, bpf, name, log_level=1)
+        if fd2 >= 0:
+            os.close(fd2)
         bpf.cleanup()
         raise VerifierError(options.function, err_no, verifier)
     # Register the fd with BCC so that it is released with the module.
@@ -250,8 +236,9 @@ def build(options: BuildOptions | None = None) -> Program:
     return Program(bpf, fd, options, elapsed, insns)
 
 
-def _verifier_log(lib: Any, bpf: Any, name: bytes) -> str:
-    logbuf = ct.create_string_buffer(_VERIFIER_LOG_SIZE)
+def _load(lib: Any, bpf: Any, name: bytes, log_level: int) -> tuple[int, int, str]:
+    """Load one function of a compiled module: (fd or -1, errno, verifier log)."""
+    logbuf = ct.create_string_buffer(_VERIFIER_LOG_SIZE if log_level else 1)
     with _capture_stderr():
         fd = lib.bcc_func_load(
             bpf.module,
@@ -261,16 +248,14 @@ def _verifier_log(lib: Any, bpf: Any, name: bytes) -> str:
             lib.bpf_function_size(bpf.module, name),
             lib.bpf_module_license(bpf.module),
             lib.bpf_module_kern_version(bpf.module),
-            1,
-            logbuf,
-            _VERIFIER_LOG_SIZE,
+            log_level,
+            logbuf if log_level else None,
+            _VERIFIER_LOG_SIZE if log_level else 0,
             None,
             -1,
         )
-    if fd >= 0:
-        os.close(fd)
-    text: str = logbuf.value.decode(errors="replace")
-    return text
+    err_no = ct.get_errno() if fd < 0 else 0
+    return int(fd), err_no, logbuf.value.decode(errors="replace") if log_level else ""
 
 
 def remove_pins(pin_dir: str) -> None:
