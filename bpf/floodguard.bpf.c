@@ -426,6 +426,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 		da = fg_lookup6(c->p.dst);
 	}
 	__u32 src_idx = sa ? sa->src_entry : 0;
+	__u8 src_flags = sa ? sa->flags : 0;
 	__u32 gid = da ? da->group : 0;
 	if (gid >= FG_MAX_GROUPS)
 		gid = 0;
@@ -434,7 +435,14 @@ int xdp_floodguard(struct xdp_md *ctx)
 	if (!grp)
 		return XDP_ABORTED; /* gid < FG_MAX_GROUPS: always present */
 
-	/* Allowlist and bans: one entry answers both. */
+	/* Allowlist and bans: one entry answers both; a permanent ban (no allow
+	 * anywhere over it, no expiry) is already in the address answer. */
+	if (src_flags & FG_ADDR_BANNED) {
+		c->reason = FG_REASON_BANNED;
+		c->action = XDP_DROP;
+		c->monitor = global_mon;
+		goto out;
+	}
 	if (src_idx) {
 		struct fg_src_entry *e = src_entries.lookup(&src_idx);
 		if (e) {

@@ -254,9 +254,12 @@ class AddressTable:
         # IPv4 prefixes (of either kind) longer than the /24 slots, per /24 block
         self._long4: dict[int, set[PrefixKey]] = {}
         # what the kernel holds in host4 and lpm6, as we wrote it
-        self._host4: dict[int, tuple[int, int]] = {}
-        self._lpm6: dict[tuple[int, int], tuple[int, int]] = {}
+        self._host4: dict[int, tuple[int, int, int]] = {}
+        self._lpm6: dict[tuple[int, int], tuple[int, int, int]] = {}
         self._free: list[int] = []
+        # entries whose effective state is a permanent enforced ban and nothing
+        # else: their address answers carry FG_ADDR_BANNED
+        self._perm: set[int] = set()
         self._next_idx = 1
         self._dirty: set[PrefixKey] = set()
         self._synced = False
@@ -301,6 +304,8 @@ class AddressTable:
                     ent.allow[o] = (int(a[0]), int(a[1]), int(a[2]), int(a[3]))
             self.src[key] = ent
             self._index(key, SRC)
+        perm = (rows["flags"][used] == abi.SRC_BAN) & (rows["ban_expires"][used] == 0)
+        self._perm = set(used[perm].tolist())
         taken = set(used.tolist())
         self._next_idx = max(taken, default=0) + 1
         self._free = [i for i in range(self._next_idx - 1, 0, -1) if i not in taken]
@@ -420,10 +425,11 @@ class AddressTable:
         """Write the whole model, diffing against what the kernel holds."""
         self._host4 = {}
         for k, v in self._host4_t.items():
-            self._host4[_addr_from_words(4, (k.value, 0, 0, 0))] = (int(v.src_entry), int(v.group))
+            self._host4[_addr_from_words(4, (k.value, 0, 0, 0))] = (int(v.src_entry), int(v.group), int(v.flags))
         self._lpm6 = {}
         for k, v in self._lpm6_t.items():
-            self._lpm6[(_addr_from_words(6, k.addr), int(k.prefixlen))] = (int(v.src_entry), int(v.group))
+            self._lpm6[(_addr_from_words(6, k.addr), int(k.prefixlen))] = (
+                int(v.src_entry), int(v.group), int(v.flags))
         self._commit(now, full=True)
         self._synced = True
 
@@ -463,6 +469,8 @@ class AddressTable:
             ent = self.src[key]
             if ent.idx == 0:
                 ent.idx = self._alloc()
+        rows = self._entry_rows(sorted(touched), now)  # also settles which entries are permanent bans
+        self._perm.difference_update(freed)
         v4_dirty = [k for k in dirty if k[0] == 4]
         v6_dirty = [k for k in dirty if k[0] == 6]
         host_adds, host_dels = self._plan_host4(v4_dirty, full)
@@ -474,7 +482,7 @@ class AddressTable:
             )
 
         # 2. Entries, then the lookup structures: additions, slots, removals.
-        self._write_entries(sorted(touched), now)
+        self._write_entries(rows)
         self._write_host4(host_adds)
         self._write_lpm6(lpm_adds)
         self._write_dir4(v4_dirty, full)
@@ -504,15 +512,11 @@ class AddressTable:
         for k in self._src.covering(fam, addr, plen):
             yield from self.src[k].records()
 
-    def _write_entries(self, keys: list[PrefixKey], now: int) -> None:
-        """Write entries (effective state, prefix, own records) in one go.
-
-        Existing entries change in place: their flags are first reduced to
-        the flags kept, so no reader pairs an old flag with a new expiry;
-        the new flags land with the full rows.
-        """
+    def _entry_rows(self, keys: list[PrefixKey], now: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
+        """The rows (effective state, prefix, own records) of these entries, and
+        their indexes; notes which of them are permanent enforced bans."""
         if not keys:
-            return
+            return np.zeros(0, dtype=np.int64), np.zeros(0, dtype=_ENTRY_DTYPE)
         n = len(keys)
         ents = [self.src[k] for k in keys]
         idxs = np.fromiter((e.idx for e in ents), dtype=np.int64, count=n)
@@ -558,6 +562,24 @@ class AddressTable:
                 if items:
                     where = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
                     rows[field][where, o] = np.array([r for _, r in items], dtype=rec_dtype)
+        perm = (eff[:, 4] == abi.SRC_BAN) & (eff[:, 0] == 0)
+        for idx, is_perm in zip(idxs.tolist(), perm.tolist(), strict=True):
+            if is_perm:
+                self._perm.add(idx)
+            else:
+                self._perm.discard(idx)
+        return idxs, rows
+
+    def _write_entries(self, entries: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]) -> None:
+        """Write entries in one go.
+
+        Existing entries change in place: their flags are first reduced to
+        the flags kept, so no reader pairs an old flag with a new expiry;
+        the new flags land with the full rows.
+        """
+        idxs, rows = entries
+        if not len(idxs):
+            return
         cur = self._rows[idxs]
         live = cur["family"] != 0
         if live.any():
@@ -615,19 +637,23 @@ class AddressTable:
 
     # --- answers for a prefix node -----------------------------------------
 
-    def _answer(self, fam: int, addr: int, plen: int) -> tuple[int, int]:
-        """(src entry index, group) of the longest source and destination
-        prefixes covering addr/plen, itself included."""
+    def _answer(self, fam: int, addr: int, plen: int) -> tuple[int, int, int]:
+        """(src entry index, group, flags) of the longest source and
+        destination prefixes covering addr/plen, itself included."""
         s = next(self._src.covering(fam, addr, plen), None)
         d = next(self._dst.covering(fam, addr, plen), None)
-        return (self.src[s].idx if s else 0, self.dst[d] if d else 0)
+        idx = self.src[s].idx if s else 0
+        return (idx, self.dst[d] if d else 0, self._flags_of(idx))
+
+    def _flags_of(self, idx: int) -> int:
+        return abi.ADDR_BANNED if idx and idx in self._perm else 0
 
     # --- IPv4: host table --------------------------------------------------
 
-    def _block_hosts(self, block: int) -> dict[int, tuple[int, int]]:
+    def _block_hosts(self, block: int) -> dict[int, tuple[int, int, int]]:
         """Desired host4 entries of one /24: every address covered by a
         prefix longer than /24, answered over all prefixes."""
-        out: dict[int, tuple[int, int]] = {}
+        out: dict[int, tuple[int, int, int]] = {}
         for key in self._long4.get(block, ()):
             _fam, addr, plen = key
             if plen == 32:
@@ -640,14 +666,16 @@ class AddressTable:
                         idx = self.src[s_].idx if s_ else 0
                     else:
                         idx = ent.idx
-                    out[addr] = (idx, self.dst[d] if d else 0)
+                    out[addr] = (idx, self.dst[d] if d else 0, self._flags_of(idx))
                 continue
             for a in range(addr, addr + (1 << (32 - plen))):
                 if a not in out:
                     out[a] = self._answer(4, a, 32)
         return out
 
-    def _plan_host4(self, v4_dirty: list[PrefixKey], full: bool) -> tuple[dict[int, tuple[int, int]], list[int]]:
+    def _plan_host4(
+        self, v4_dirty: list[PrefixKey], full: bool
+    ) -> tuple[dict[int, tuple[int, int, int]], list[int]]:
         if full:
             blocks = set(self._long4) | {a >> _HOST_BITS for a in self._host4}
         else:
@@ -667,7 +695,7 @@ class AddressTable:
                         blocks.update(b for b in range(first, last) if b in host_blocks)
                     else:
                         blocks.update(b for b in host_blocks if first <= b < last)
-        adds: dict[int, tuple[int, int]] = {}
+        adds: dict[int, tuple[int, int, int]] = {}
         dels: list[int] = []
         have_by_block: dict[int, list[int]] = {}
         if full or len(blocks) > 64:
@@ -687,7 +715,7 @@ class AddressTable:
             dels.extend(a for a in have_by_block.get(b, ()) if a not in want)
         return adds, dels
 
-    def _write_host4(self, adds: dict[int, tuple[int, int]]) -> None:
+    def _write_host4(self, adds: dict[int, tuple[int, int, int]]) -> None:
         if not adds:
             return
         n = len(adds)
@@ -695,6 +723,7 @@ class AddressTable:
         vals = np.zeros(n, dtype=np.dtype(abi.AddrInfo))
         vals["src_entry"] = np.fromiter((v[0] for v in adds.values()), dtype=np.uint32, count=n)
         vals["group"] = np.fromiter((v[1] for v in adds.values()), dtype=np.uint16, count=n)
+        vals["flags"] = np.fromiter((v[2] for v in adds.values()), dtype=np.uint8, count=n)
         from . import _bpfsys
 
         _bpfsys.update_batch(self._host4_t.fd, keys.tobytes(), vals.tobytes(), n)
@@ -787,10 +816,15 @@ class AddressTable:
         if self._long4:
             hosts[np.fromiter(self._long4, dtype=np.int64, count=len(self._long4))] = True
         flag = np.uint64(abi.ADDR_HOSTS << 48)
+        perm = self._perm_array()
+        banned = np.uint64(abi.ADDR_BANNED << 48)
         for first in range(0, _DIR_SLOTS, chunk):
-            want = src[first : first + chunk].astype(np.uint64)
+            s = src[first : first + chunk]
+            want = s.astype(np.uint64)
             want |= grp[first : first + chunk].astype(np.uint64) << np.uint64(32)
             want[hosts[first : first + chunk]] |= flag
+            if len(perm):
+                want[np.isin(s, perm)] |= banned
             cur = self._dir[first : first + chunk]
             diff = np.flatnonzero(cur != want)
             cur[diff] = want[diff]
@@ -799,6 +833,9 @@ class AddressTable:
         """Slot values (struct fg_addr_info as a little-endian u64)."""
         n = len(src)
         want = src.astype(np.uint64) | (grp.astype(np.uint64) << np.uint64(32))
+        perm = self._perm_array()
+        if len(perm):
+            want[np.isin(src, perm)] |= np.uint64(abi.ADDR_BANNED << 48)
         if n == 1:
             if first in self._long4:
                 want[0] |= np.uint64(abi.ADDR_HOSTS << 48)
@@ -810,6 +847,9 @@ class AddressTable:
         if blocks:
             want[np.array(blocks, dtype=np.int64)] |= np.uint64(abi.ADDR_HOSTS << 48)
         return want
+
+    def _perm_array(self) -> np.ndarray[Any, Any]:
+        return np.fromiter(self._perm, dtype=np.uint32, count=len(self._perm))
 
     def _paint(self, first: int, n: int) -> tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]:
         """Source entry and group of each slot in [first, first + n), from
@@ -859,7 +899,7 @@ class AddressTable:
 
     def _plan_lpm6(
         self, v6_dirty: list[PrefixKey], full: bool
-    ) -> tuple[dict[tuple[int, int], tuple[int, int]], list[tuple[int, int]]]:
+    ) -> tuple[dict[tuple[int, int], tuple[int, int, int]], list[tuple[int, int]]]:
         if full:
             consider = {(a, p) for k in (self._src, self._dst) for (f, p), s in k.by_len.items() if f == 6 for a in s}
             consider |= set(self._lpm6)
@@ -869,7 +909,7 @@ class AddressTable:
                 consider.add((key[1], key[2]))
                 for k in (*self._src.inside(key), *self._dst.inside(key)):
                     consider.add((k[1], k[2]))
-        adds: dict[tuple[int, int], tuple[int, int]] = {}
+        adds: dict[tuple[int, int], tuple[int, int, int]] = {}
         dels: list[tuple[int, int]] = []
         for a, p in consider:
             key = (6, a, p)
@@ -892,10 +932,10 @@ class AddressTable:
         k.addr[:] = _words(6, a)
         return k
 
-    def _write_lpm6(self, adds: dict[tuple[int, int], tuple[int, int]]) -> None:
+    def _write_lpm6(self, adds: dict[tuple[int, int], tuple[int, int, int]]) -> None:
         # LPM tries have no batch update: one by one.
-        for (a, p), (i, g) in adds.items():
-            self._lpm6_t.set(self._lpm_key(a, p), abi.AddrInfo(src_entry=i, group=g))
+        for (a, p), (i, g, f) in adds.items():
+            self._lpm6_t.set(self._lpm_key(a, p), abi.AddrInfo(src_entry=i, group=g, flags=f))
         self._lpm6.update(adds)
 
     def _delete_lpm6(self, dels: list[tuple[int, int]]) -> None:
@@ -905,20 +945,21 @@ class AddressTable:
 
     # --- reading back (tests, explain) -------------------------------------
 
-    def kernel_answer(self, addr: IPAddress) -> tuple[int, int]:
-        """(src entry, group) as the kernel structures answer for addr."""
+    def kernel_answer(self, addr: IPAddress) -> tuple[int, int, int]:
+        """(src entry, group, flags) as the kernel structures answer for addr
+        (flags without FG_ADDR_HOSTS, which only steers the lookup)."""
         if addr.version == 4:
             a = int(addr)
             slot = int(self._dir[a >> _HOST_BITS])
             if (slot >> 48) & abi.ADDR_HOSTS:
                 got = self._host4_t.get(ct.c_uint32(_words(4, a)[0]))
                 if got is not None:
-                    return int(got.src_entry), int(got.group)
-            return slot & 0xFFFFFFFF, (slot >> 32) & 0xFFFF
+                    return int(got.src_entry), int(got.group), int(got.flags)
+            return slot & 0xFFFFFFFF, (slot >> 32) & 0xFFFF, ((slot >> 48) & 0xFF) & ~abi.ADDR_HOSTS
         got = self._lpm6_t.get(self._lpm_key(int(addr), 128))
         if got is None:
-            return 0, 0
-        return int(got.src_entry), int(got.group)
+            return 0, 0, 0
+        return int(got.src_entry), int(got.group), int(got.flags)
 
     def entry(self, idx: int) -> abi.SrcEntry:
         return abi.SrcEntry.from_buffer_copy(self._entries_mm, idx * self._entry_size)

@@ -66,10 +66,10 @@ def check(t: AddressTable, rng: random.Random, now: int) -> int:
     checked = 0
     for addr in probe_addresses(rng, t, 400):
         want_src, want_group = brute(t, addr)
-        got_idx, got_group = t.kernel_answer(addr)
+        got_idx, got_group, got_flags = t.kernel_answer(addr)
         assert got_group == want_group, f"{addr}: group {got_group}, want {want_group}"
         if want_src is None:
-            assert got_idx == 0, f"{addr}: entry {got_idx}, want none"
+            assert (got_idx, got_flags) == (0, 0), f"{addr}: entry {got_idx}, want none"
             continue
         assert got_idx == t.index_of(want_src), f"{addr}: entry {got_idx}, want that of {want_src}"
         e = t.entry(got_idx)
@@ -79,6 +79,9 @@ def check(t: AddressTable, rng: random.Random, now: int) -> int:
         recs = [r for p, ent in t.src.items() if covers(p, fam, a) and p[2] <= want_src[2] for r in ent.records()]
         st = merge(recs, now)
         assert (e.flags, e.ban_expires, e.allow_expires) == (st.flags, st.ban_expires, st.allow_expires), addr
+        # A permanent enforced ban (and nothing else) is answered by the address lookup itself.
+        permanent = st.flags == abi.SRC_BAN and st.ban_expires == 0
+        assert bool(got_flags & abi.ADDR_BANNED) == permanent, addr
         checked += 1
     return checked
 
@@ -155,7 +158,7 @@ def test_removing_everything_clears_the_kernel(h: Harness) -> None:
     t.set_destinations({(4, 12 << 24, 8): 3, (6, 0x20010DB8 << 96, 32): 2})
     t.commit(now)
     assert h.port.count_entries("host4") == 50
-    assert t.kernel_answer(ipaddress.ip_address("12.1.2.3")) == (0, 3)
+    assert t.kernel_answer(ipaddress.ip_address("12.1.2.3")) == (0, 3, 0)
     t.replace_origin(abi.Origin.OPERATOR, {}, {})
     t.set_destinations({})
     t.commit(now)
