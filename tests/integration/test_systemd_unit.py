@@ -61,6 +61,11 @@ def render(directory: Path, policy: Path, *, run_args: str = "", text: str | Non
     body = body.replace(INSTALLED_POLICY, str(policy))
     if run_args:
         body = body.replace(f"run -c {policy}", f"run -c {policy} {run_args}")
+    # PrivateTmp=yes gives the service an empty /tmp: a checkout living there
+    # (CI often clones into /tmp) is bound back in. Installed, it is /opt.
+    hidden = [str(p) for p in (REPO, VENV, policy.parent) if str(p).startswith("/tmp/")]
+    if hidden:
+        body = body.replace("PrivateTmp=yes", "PrivateTmp=yes\nBindReadOnlyPaths=" + " ".join(hidden), 1)
     path = directory / "floodguard.service"
     path.write_text(body)
     return path
@@ -350,7 +355,9 @@ def test_unit_boots_under_systemd(tmp_path: Path) -> None:
         "--bind=/sys/fs/bpf", f"--bind-ro={REPO}", f"--bind-ro={VENV}",
         f"--bind-ro={units}:/etc/systemd/system", f"--bind={etc}:/etc/floodguard",
         f"--bind-ro={sysusers}:/etc/sysusers.d", f"--bind={out}:/fgout",
-        "--boot", "systemd.firstboot=off",
+        # tmp.mount would lay a tmpfs over /tmp and hide a checkout (and its
+        # venv) that lives there, as CI clones often do.
+        "--boot", "systemd.firstboot=off", "systemd.mask=tmp.mount",
     ]
     try:
         boot = subprocess.run(argv, capture_output=True, text=True, timeout=300)
