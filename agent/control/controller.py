@@ -52,7 +52,7 @@ from .samples import AttackSamples, TickSamples
 from .settings import GroupView, Settings
 from .stats import ControlStats, Histogram
 from .target import Target, locate
-from .vectors import Classification, Vector, classify, top_protocols
+from .vectors import MIN_RANGE_SAMPLES, Classification, Vector, classify, top_protocols
 
 NS = 1_000_000_000
 #: A source is clearly abusive above this many times its group's per-source limit.
@@ -108,7 +108,7 @@ class Controller:
         d = self._settings.detection
         shape = (self._settings.rows, LIMIT_CLASSES)
         self._baseline = Baseline(shape, d.baseline.half_life, d.baseline.warmup)
-        self._detector = Detector(shape, d.consecutive, d.hold_down, d.release_ratio)
+        self._detector = Detector(shape, d.consecutive, d.hold_down, d.release_ratio, d.pulse_gap)
         self._meter = RateMeter()
         self._enforcer = Enforcer(port)
         self._bans = BanBook(ban_counts)
@@ -294,10 +294,12 @@ class Controller:
             series = [x for x in series if x.dst == host]
         a.evidence.add_tick(series, dt, self._abusive_pps(view, cls))
         t_pps, _ = self._scope_thresholds(a)
-        if pps > t_pps or a.id not in self._shapes:
+        window = a.evidence.window()
+        if a.id not in self._shapes or (pps > t_pps and window.total >= MIN_RANGE_SAMPLES):
             # Classify while the flood is there; during the hold-down what remains is
             # the normal traffic, which must not turn the attack into something else.
-            window = a.evidence.window()
+            # A thin window (the first tick of a pulse wave's next burst) never
+            # replaces a classification made on more evidence: rules would flap.
             self._shapes[a.id] = classify(cls, window)
             self._protocols[a.id] = top_protocols(window, 2)
         shape = self._shapes[a.id]
@@ -385,7 +387,8 @@ class Controller:
             del self._pending[key]
         for key in over:
             q = self._pending.setdefault(key, deque(maxlen=max(self._detector.consecutive, 1)))
-            q.append((samples.by_series.get(key, []), dt))
+            if step.over[key]:  # the calm ticks between a pulse wave's bursts add nothing
+                q.append((samples.by_series.get(key, []), dt))
 
     # ------------------------------------------------------------------ the ladder
 
@@ -808,7 +811,7 @@ class Controller:
             self._enforcer.remap(moves)
         d = new.detection
         self._baseline.configure(d.baseline.half_life, d.baseline.warmup)
-        self._detector.configure(d.consecutive, d.hold_down, d.release_ratio)
+        self._detector.configure(d.consecutive, d.hold_down, d.release_ratio, d.pulse_gap)
         self._settings = new
         for a in self._active.values():
             a.monitor = new.groups[a.gid].monitor

@@ -5,8 +5,11 @@ divided by the matching threshold — group pps and bps against the start
 thresholds (static floor, learned baseline, minimum), and the busiest host's
 pps and bps against the policy's per-destination floors. Level > 1 is over.
 
-* An attack starts after ``consecutive`` ticks over in a row: one noisy tick
-  starts nothing.
+* An attack starts after ``consecutive`` ticks over: one noisy tick starts
+  nothing. Over-ticks at most ``pulse_gap`` apart count as in a row, so a
+  pulse-wave flood (a burst, a pause, a burst; trafgen's per-second budget
+  is one) shorter than ``consecutive`` ticks is still caught at its next
+  burst. A calm spell longer than ``pulse_gap`` starts the count again.
 * At the start the thresholds are frozen. The attack ends only once its level
   against those frozen thresholds stays below ``release_ratio`` for
   ``hold_down`` seconds; any tick at or above the release level restarts the
@@ -74,17 +77,23 @@ class Step:
     level: Float  # against the current thresholds
     active_level: Float  # against the thresholds frozen at each active attack's start
     learn: Bool  # where the baseline may learn from this tick
+    over: Bool  # over the threshold this tick, not yet an attack
 
 
 class Detector:
     """Start/end state of every (group, class) series."""
 
-    def __init__(self, shape: tuple[int, int], consecutive: int, hold_down_s: float, release_ratio: float) -> None:
+    def __init__(
+        self, shape: tuple[int, int], consecutive: int, hold_down_s: float, release_ratio: float,
+        pulse_gap_s: float = 0.0,
+    ) -> None:
         self.consecutive = consecutive
         self.hold_down_ns = int(hold_down_s * 1e9)
         self.release_ratio = release_ratio
+        self.pulse_gap_ns = int(pulse_gap_s * 1e9)
         self.streak = np.zeros(shape, dtype=np.int64)
         self.first_over_ns = np.zeros(shape, dtype=np.int64)
+        self.last_over_ns = np.zeros(shape, dtype=np.int64)
         self.active = np.zeros(shape, dtype=bool)
         self.below_since_ns = np.full(shape, -1, dtype=np.int64)
         self.frozen = Limits(*(np.full(shape, np.inf) for _ in range(4)))
@@ -93,10 +102,11 @@ class Detector:
     def shape(self) -> tuple[int, int]:
         return (int(self.active.shape[0]), int(self.active.shape[1]))
 
-    def configure(self, consecutive: int, hold_down_s: float, release_ratio: float) -> None:
+    def configure(self, consecutive: int, hold_down_s: float, release_ratio: float, pulse_gap_s: float = 0.0) -> None:
         self.consecutive = consecutive
         self.hold_down_ns = int(hold_down_s * 1e9)
         self.release_ratio = release_ratio
+        self.pulse_gap_ns = int(pulse_gap_s * 1e9)
 
     def step(self, now_ns: int, signals: Signals, limits: Limits, eligible: Bool) -> Step:
         cur = level(signals, limits)
@@ -104,8 +114,12 @@ class Detector:
         was_active = self.active.copy()
 
         over = (cur > 1.0) & eligible & ~was_active
-        self.streak = np.where(over, self.streak + 1, 0)
+        # A calm tick ends a streak once no later over-tick can be within
+        # pulse_gap of the last one (pulse_gap 0 or up to the tick: at once).
+        lapsed = (now_ns - self.last_over_ns >= self.pulse_gap_ns) | ~eligible | was_active
+        self.streak = np.where(over, self.streak + 1, np.where(lapsed, 0, self.streak))
         self.first_over_ns = np.where(over & (self.streak == 1), now_ns, self.first_over_ns)
+        self.last_over_ns = np.where(over, now_ns, self.last_over_ns)
         start = over & (self.streak >= self.consecutive)
 
         below = was_active & (frozen < self.release_ratio)
@@ -133,7 +147,7 @@ class Detector:
         started.sort(key=lambda rc: -float(cur[rc]))
         ended = [(int(r), int(c)) for r, c in zip(*np.nonzero(end), strict=True)]
         learn = eligible & ~self.active & ~over & ~was_active
-        return Step(started, ended, cur, np.where(self.active | end, frozen, 0.0), learn)
+        return Step(started, ended, cur, np.where(self.active | end, frozen, 0.0), learn, over & ~start)
 
     def stop(self, row: int, cls: int) -> None:
         """End a series' attack from outside (its group left the policy)."""
@@ -145,11 +159,13 @@ class Detector:
 
     def remap(self, rows: int, moves: dict[int, int]) -> Detector:
         """A detector with ``rows`` rows carrying the state of each moved row (old -> new)."""
-        out = Detector((rows, self.shape[1]), self.consecutive, self.hold_down_ns / 1e9, self.release_ratio)
+        out = Detector((rows, self.shape[1]), self.consecutive, self.hold_down_ns / 1e9, self.release_ratio,
+                       self.pulse_gap_ns / 1e9)
         for old, new in moves.items():
             if old < self.shape[0] and new < rows:
                 out.streak[new] = self.streak[old]
                 out.first_over_ns[new] = self.first_over_ns[old]
+                out.last_over_ns[new] = self.last_over_ns[old]
                 out.active[new] = self.active[old]
                 out.below_since_ns[new] = self.below_since_ns[old]
                 for a, b in zip(

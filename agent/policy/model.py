@@ -410,6 +410,10 @@ class Detection(_Model):
     consecutive: Annotated[int, Unit("count", 1, 100)] = Field(
         default=3, description="ticks over threshold before an attack starts"
     )
+    pulse_gap: Annotated[float, Unit("duration", 0, 60)] = Field(
+        default=1.0,
+        description="over-threshold ticks at most this far apart count as consecutive (pulse-wave floods)",
+    )
     hold_down: Annotated[float, Unit("duration", 0, 86400)] = Field(
         default=30.0, description="below the release threshold this long before an attack ends"
     )

@@ -211,3 +211,33 @@ def test_detector_ignores_series_that_are_not_protected() -> None:
     det = Detector((1, 1), consecutive=1, hold_down_s=0, release_ratio=0.5)
     step = det.step(0, _signals(1e9), _limits(1), np.zeros((1, 1), dtype=bool))
     assert step.started == [] and not step.learn[0, 0]
+
+
+def _replay(det: Detector, tick_ms: int, levels: list[float]) -> list[int]:
+    """Feed one pps value per tick; the tick indices at which an attack started."""
+    ok = np.ones((1, 1), dtype=bool)
+    return [i for i, pps in enumerate(levels)
+            if det.step(i * tick_ms * 1_000_000, _signals(pps), _limits(100), ok).started]
+
+
+def test_a_pulse_wave_shorter_than_consecutive_ticks_is_caught_at_its_next_burst() -> None:
+    # 100 ms ticks; a burst of one tick at the start of every second (trafgen's budget).
+    wave = ([500.0] + [0.0] * 9) * 3
+    strict = Detector((1, 1), consecutive=2, hold_down_s=5, release_ratio=0.5, pulse_gap_s=0)
+    assert _replay(strict, 100, wave) == []
+    pulsed = Detector((1, 1), consecutive=2, hold_down_s=5, release_ratio=0.5, pulse_gap_s=1.0)
+    assert _replay(pulsed, 100, wave) == [10]
+    assert pulsed.first_over_ns[0, 0] == 0  # time to mitigate counts from the first burst
+
+
+def test_a_calm_spell_longer_than_the_pulse_gap_starts_the_count_again() -> None:
+    # Single noisy ticks 1.5 s apart never add up to an attack with a 1 s gap.
+    noise = ([500.0] + [0.0] * 14) * 4
+    det = Detector((1, 1), consecutive=2, hold_down_s=5, release_ratio=0.5, pulse_gap_s=1.0)
+    assert _replay(det, 100, noise) == []
+    assert det.streak[0, 0] == 0
+
+
+def test_with_one_second_ticks_a_one_second_gap_means_adjacent_ticks() -> None:
+    det = Detector((1, 1), consecutive=2, hold_down_s=5, release_ratio=0.5, pulse_gap_s=1.0)
+    assert _replay(det, 1000, [500.0, 0.0, 500.0, 0.0, 500.0, 500.0]) == [5]
