@@ -94,6 +94,9 @@ def test_scenario_is_detected_mitigated_and_relaxed(e2e_lab: Lab, agent: LabAgen
     assert scenario.label in labels, (scenario.label, labels)
     (attack,) = [a for a in new if a["vector"] + (f"/{a['service']}" if a["service"] else "") == scenario.label][:1]
 
+    print(f"{attack['id']}: time to mitigate {attack['time_to_mitigate_s']} s, "
+          f"mitigations {attack['mitigations']}")
+
     # legitimate users kept their service
     assert result.legit_success_pct >= 95.0, result.summary()
 
