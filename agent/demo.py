@@ -213,7 +213,7 @@ def _summary(attacks: list[dict[str, Any]], probes: dict[str, Any], wall0: float
 
 def _print_summary(out: TextIO, rows: list[dict[str, Any]]) -> None:
     print("\nsummary", file=out)
-    header = ["ATTACK", "PEAK PPS", "MITIGATED IN", "PACKETS DROPPED", "LEGIT SUCCESS", "MITIGATIONS"]
+    header = ["ATTACK", "PEAK PPS", "MITIGATED IN", "DROPPED/ANSWERED", "LEGIT SUCCESS", "MITIGATIONS"]
     table = [[r["vector"], _rate(r["peak_pps"]),
               "-" if r["time_to_mitigate_s"] is None else f"{r['time_to_mitigate_s']:.2f} s",
               f"{r['dropped']:,}", "-" if r["legit_pct"] is None else f"{r['legit_pct']:.1f}%",

@@ -254,7 +254,7 @@ struct fg_counter {
 struct fg_group_counter {
 	__u64 packets;             /* offered: every IP packet to the group */
 	__u64 bytes;
-	__u64 dropped_packets;     /* really dropped (not monitor) */
+	__u64 dropped_packets;     /* really dropped or answered (XDP_TX), not monitor */
 	__u64 dropped_bytes;
 	__u64 new_sources;         /* per-source buckets created: a spoofing signal */
 };

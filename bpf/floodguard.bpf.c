@@ -126,7 +126,8 @@ static __always_inline int fg_finish(struct fg_ctx *c, struct fg_config *cfg)
 	if (!c->p.family || cls >= FG_LIMIT_CLASSES)
 		return action;
 
-	__u32 dropped = action == XDP_DROP;
+	/* Not delivered: dropped, or answered in XDP instead (a SYN challenge). */
+	__u32 dropped = action != XDP_PASS;
 	__u32 gi = (__u32)c->group * FG_LIMIT_CLASSES + cls;
 	struct fg_group_counter *gc = group_stats.lookup(&gi);
 	if (gc) {

@@ -74,6 +74,21 @@ def test_a_syn_gets_a_syn_ack_carrying_the_cookie(h: Harness) -> None:
     assert valid_checksums(out)
 
 
+def test_a_challenged_syn_counts_as_not_delivered(h: Harness) -> None:
+    # The attack record and containment read "dropped" as "kept from the server".
+    setup(h)
+    before = h.port.read_group_stats()[1, C.TCP_SYN]
+    assert h.run(syn4()).action == "tx"
+    d = h.port.read_group_stats()[1, C.TCP_SYN] - before
+    # fields: packets, bytes, dropped_packets, dropped_bytes, new_sources
+    assert (d[0], d[2], d[3]) == (1, 1, len(syn4()))
+    monitor_before = h.port.read_group_stats()[1, C.TCP_SYN]
+    setup(h, monitor=True)
+    assert h.run(syn4(src="198.51.100.8")).action == "pass"
+    d = h.port.read_group_stats()[1, C.TCP_SYN] - monitor_before
+    assert (d[0], d[2]) == (1, 0)
+
+
 def test_ipv6_and_vlan_challenges(h: Harness) -> None:
     setup(h)
     v = h.run(syn6())
