@@ -158,7 +158,7 @@ def main(argv: list[str]) -> int:
     ap = argparse.ArgumentParser(
         prog="floodguard bench policy",
         description="Time load + validate + compile + apply of policies of growing size, "
-        "and of a reload that changes 1%% of 100,000 prefixes; peak memory per case.",
+        "and of a reload that changes 1% of 100,000 prefixes; peak memory per case.",
         epilog="examples:\n  floodguard bench policy\n  floodguard bench policy --json > policy-bench.json",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -52,6 +52,8 @@ Record = tuple[int, int, int, int]
 _DIR_SLOTS = 1 << abi.DIR4_BITS
 _HOST_BITS = 32 - abi.DIR4_BITS
 _FULL_REPAINT_SLOTS = 1 << 20
+#: Up to this many slots, permanent entries are found by set lookups rather than np.isin.
+_SET_LOOKUP_SLOTS = 1 << 16
 _ENTRY_DTYPE = np.dtype(abi.SrcEntry)
 _RECORD_DTYPE = np.dtype(abi.SrcRecord)
 
@@ -833,9 +835,15 @@ class AddressTable:
         """Slot values (struct fg_addr_info as a little-endian u64)."""
         n = len(src)
         want = src.astype(np.uint64) | (grp.astype(np.uint64) << np.uint64(32))
-        perm = self._perm_array()
-        if len(perm):
-            want[np.isin(src, perm)] |= np.uint64(abi.ADDR_BANNED << 48)
+        if self._perm:
+            if n <= _SET_LOOKUP_SLOTS:
+                # A reload repaints thousands of small ranges: looking each slot's
+                # entry up in the set beats building an array of every permanent entry each time.
+                perm = self._perm
+                banned = np.fromiter((v in perm for v in src.tolist()), dtype=bool, count=n)
+            else:
+                banned = np.isin(src, self._perm_array())
+            want[banned] |= np.uint64(abi.ADDR_BANNED << 48)
         if n == 1:
             if first in self._long4:
                 want[0] |= np.uint64(abi.ADDR_HOSTS << 48)
