@@ -315,13 +315,24 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 	if (!active) {
 		/* Calm times: a source that completes a handshake (its pure ACK
 		 * follows a SYN that created its SYN bucket) is a real stack. */
-		if ((g->flags & FG_GROUP_SYN_LEARN) && (cfg->flags & FG_CFG_SYN_LEARN) &&
-		    (flags & (FG_TCP_SYN | FG_TCP_RST | FG_TCP_FIN | FG_TCP_ACK)) == FG_TCP_ACK &&
-		    c->p.family == 4) {
+		if (!(g->flags & FG_GROUP_SYN_LEARN) || !(cfg->flags & FG_CFG_SYN_LEARN) ||
+		    (flags & (FG_TCP_SYN | FG_TCP_RST | FG_TCP_FIN | FG_TCP_ACK)) != FG_TCP_ACK)
+			return 0;
+		void *syn_seen;
+		if (c->p.family == 4) {
 			struct fg_bucket_key4 bk = { .addr = c->p.src[0], .group = c->group, .class = FG_CLASS_TCP_SYN };
-			if (buckets4.lookup(&bk) && !fg_verified(c))
-				fg_verify(c, cfg);
+			syn_seen = buckets4.lookup(&bk);
+		} else {
+			/* SYN buckets of IPv6 sources are per v6_bucket_len prefix. */
+			struct fg_bucket_key6 bk = { .group = c->group, .class = FG_CLASS_TCP_SYN };
+			bk.addr[0] = c->p.src[0] & cfg->v6_bucket_mask[0];
+			bk.addr[1] = c->p.src[1] & cfg->v6_bucket_mask[1];
+			bk.addr[2] = c->p.src[2] & cfg->v6_bucket_mask[2];
+			bk.addr[3] = c->p.src[3] & cfg->v6_bucket_mask[3];
+			syn_seen = buckets6.lookup(&bk);
 		}
+		if (syn_seen && !fg_verified(c))
+			fg_verify(c, cfg);
 		return 0;
 	}
 

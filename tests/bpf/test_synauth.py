@@ -167,6 +167,17 @@ def test_a_handshake_in_calm_times_verifies_the_source(h: Harness) -> None:
     assert h.run(syn4(src="198.51.100.99")).reason == "syn_challenged"
 
 
+def test_an_ipv6_handshake_in_calm_times_verifies_the_source(h: Harness) -> None:
+    setup(h, always=False, syn_limit=(100, 0, 10))
+    h.run(syn6())  # creates the SYN bucket of the source's /64
+    h.run(eth() / IPv6(src=CLI6, dst=SRV6) / TCP(sport=40000, dport=443, flags="A", seq=1001, ack=5))
+    stranger = "2001:db8:9::99"  # another /64, no SYN before its ACK
+    h.run(eth() / IPv6(src=stranger, dst=SRV6) / TCP(sport=1, dport=443, flags="A"))
+    h.port.set_syn_auth(1, now_ns() + 60 * 10**9)
+    assert h.run(syn6()).reason == "passed"
+    assert h.run(syn6(src=stranger)).reason == "syn_challenged"
+
+
 def test_syn_with_ip_options_cannot_be_challenged_and_is_dropped(h: Harness) -> None:
     setup(h)
     assert h.run(syn4(options=[b"\x01\x01\x01\x00"])).reason == "syn_auth_failed"
