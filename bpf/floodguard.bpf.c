@@ -233,6 +233,18 @@ static __always_inline int fg_rules(struct fg_ctx *c, struct fg_config *cfg)
 	return 0;
 }
 
+/* The bucket key of an IPv6 source: buckets are per v6_bucket_len prefix. */
+static __always_inline struct fg_bucket_key6 fg_bucket_key6(struct fg_ctx *c, struct fg_config *cfg, __u8 cls)
+{
+	struct fg_bucket_key6 k = { .group = c->group, .class = cls };
+
+	k.addr[0] = c->p.src[0] & cfg->v6_bucket_mask[0];
+	k.addr[1] = c->p.src[1] & cfg->v6_bucket_mask[1];
+	k.addr[2] = c->p.src[2] & cfg->v6_bucket_mask[2];
+	k.addr[3] = c->p.src[3] & cfg->v6_bucket_mask[3];
+	return k;
+}
+
 /* Per-source token bucket for (source, group, class). Returns 1 when the
  * packet is over the limit. */
 static __always_inline int fg_over_limit(struct fg_ctx *c, struct fg_config *cfg, struct fg_group *g)
@@ -259,11 +271,7 @@ static __always_inline int fg_over_limit(struct fg_ctx *c, struct fg_config *cfg
 			return !ok;
 		}
 	} else {
-		struct fg_bucket_key6 k = { .group = c->group, .class = cls };
-		k.addr[0] = c->p.src[0] & cfg->v6_bucket_mask[0];
-		k.addr[1] = c->p.src[1] & cfg->v6_bucket_mask[1];
-		k.addr[2] = c->p.src[2] & cfg->v6_bucket_mask[2];
-		k.addr[3] = c->p.src[3] & cfg->v6_bucket_mask[3];
+		struct fg_bucket_key6 k = fg_bucket_key6(c, cfg, cls);
 		b = buckets6.lookup(&k);
 		if (!b) {
 			struct fg_bucket nb = {};
@@ -323,12 +331,7 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 			struct fg_bucket_key4 bk = { .addr = c->p.src[0], .group = c->group, .class = FG_CLASS_TCP_SYN };
 			syn_seen = buckets4.lookup(&bk);
 		} else {
-			/* SYN buckets of IPv6 sources are per v6_bucket_len prefix. */
-			struct fg_bucket_key6 bk = { .group = c->group, .class = FG_CLASS_TCP_SYN };
-			bk.addr[0] = c->p.src[0] & cfg->v6_bucket_mask[0];
-			bk.addr[1] = c->p.src[1] & cfg->v6_bucket_mask[1];
-			bk.addr[2] = c->p.src[2] & cfg->v6_bucket_mask[2];
-			bk.addr[3] = c->p.src[3] & cfg->v6_bucket_mask[3];
+			struct fg_bucket_key6 bk = fg_bucket_key6(c, cfg, FG_CLASS_TCP_SYN);
 			syn_seen = buckets6.lookup(&bk);
 		}
 		if (syn_seen && !fg_verified(c))

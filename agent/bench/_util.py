@@ -19,7 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
@@ -213,6 +213,18 @@ def frame(
         eth += struct.pack("!HH", vid, types[i + 1])
     data = eth + l3
     return data.ljust(_MIN_FRAME, b"\0")
+
+
+# --- output ----------------------------------------------------------------------
+
+
+def print_result(result: Mapping[str, Any], as_json: bool, render: Callable[[Any], str]) -> None:
+    """A bench's result on stdout: as indented JSON, or as its human table."""
+    if as_json:
+        json.dump(result, sys.stdout, indent=2)
+        sys.stdout.write("\n")
+    else:
+        print(render(result))
 
 
 # --- the build probe: the real program, in a child process ---------------------------------------

@@ -40,7 +40,6 @@ import argparse
 import ctypes as ct
 import dataclasses
 import ipaddress
-import json
 import platform
 import sys
 import time
@@ -789,11 +788,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {msg}", file=sys.stderr, flush=True)
 
     result = run(args.repeat, args.runs, progress=say)
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render(result))
+    _util.print_result(result, args.json, render)
     return 0
 
 

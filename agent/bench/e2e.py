@@ -1133,11 +1133,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (E2eError, TopologyError, DatapathError) as e:
         print(f"floodguard bench e2e: {e}", file=sys.stderr)
         return 1
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render(result))
+    from agent.bench import _util
+
+    _util.print_result(result, args.json, render)
     return 0
 
 

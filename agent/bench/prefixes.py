@@ -31,7 +31,6 @@ from __future__ import annotations
 import argparse
 import ctypes as ct
 import dataclasses
-import json
 import struct
 import sys
 import time
@@ -479,11 +478,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {msg}", file=sys.stderr, flush=True)
 
     result = run(sizes, args.repeat, args.runs, progress=say)
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render(result))
+    _util.print_result(result, args.json, render)
     return 0
 
 

@@ -68,7 +68,6 @@ import argparse
 import contextlib
 import errno
 import ipaddress
-import json
 import os
 import selectors
 import shutil
@@ -105,6 +104,7 @@ from agent.lab.traffic import (
 )
 from agent.policy.model import SynAuth
 
+from . import _util
 from ._util import BenchError
 
 SynAuthMode = Literal["off", "always"]
@@ -565,11 +565,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     result = run(args.pps, args.connects, args.rate, challenge_pps=args.challenge_pps,
                  configs=args.config or CONFIG_NAMES, progress=say)
-    if args.json:
-        json.dump(result, sys.stdout, indent=2)
-        sys.stdout.write("\n")
-    else:
-        print(render(result))
+    _util.print_result(result, args.json, render)
     return 0
 
 

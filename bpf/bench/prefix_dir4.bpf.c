@@ -24,18 +24,7 @@
 #include "maps.h"
 #include "bench.h"
 #include "parse.h"
-
-/* The IPv4 source (network order) of the packet the bench sends; non-zero
- * return for anything else. */
-static __always_inline int fg_bench_src4(void *data, void *data_end, __u32 *src)
-{
-	struct fg_pkt p = {};
-
-	if (fg_parse(data, data_end, &p) != FG_PARSE_OK || p.family != 4)
-		return -1;
-	*src = p.src[0];
-	return 0;
-}
+#include "bench/prefix.h"
 
 /* [0]: packets that matched a prefix. */
 BPF_PERCPU_ARRAY(hits, __u64, 1);

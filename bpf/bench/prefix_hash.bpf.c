@@ -21,34 +21,7 @@
 
 #include "bench.h"
 #include "parse.h"
-
-/* The IPv4 source (network order) of the packet the bench sends; non-zero
- * return for anything else. */
-static __always_inline int fg_bench_src4(void *data, void *data_end, __u32 *src)
-{
-	struct fg_pkt p = {};
-
-	if (fg_parse(data, data_end, &p) != FG_PARSE_OK || p.family != 4)
-		return -1;
-	*src = p.src[0];
-	return 0;
-}
-
-#ifndef FG_MAX_SRC_ENTRIES
-#define FG_MAX_SRC_ENTRIES 1048576
-#endif
-
-struct len_key {
-	__u32 len;
-	__u32 addr;             /* network order, masked to len */
-};
-
-/* The lengths in use, longest first, with their masks (network order). */
-struct lengths {
-	__u32 n;
-	__u32 len[33];
-	__u32 mask[33];
-};
+#include "bench/prefix.h"
 
 /* (length, prefix) -> 1. Written by agent/bench/prefixes.py. */
 BPF_HASH(by_len, struct len_key, __u32, FG_MAX_SRC_ENTRIES);

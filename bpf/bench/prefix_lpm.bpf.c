@@ -17,22 +17,7 @@
 
 #include "bench.h"
 #include "parse.h"
-
-/* The IPv4 source (network order) of the packet the bench sends; non-zero
- * return for anything else. */
-static __always_inline int fg_bench_src4(void *data, void *data_end, __u32 *src)
-{
-	struct fg_pkt p = {};
-
-	if (fg_parse(data, data_end, &p) != FG_PARSE_OK || p.family != 4)
-		return -1;
-	*src = p.src[0];
-	return 0;
-}
-
-#ifndef FG_MAX_SRC_ENTRIES
-#define FG_MAX_SRC_ENTRIES 1048576
-#endif
+#include "bench/prefix.h"
 
 struct lpm4_key {
 	__u32 prefixlen;
