@@ -97,6 +97,11 @@ class Attack:
             return ",".join(self.prefixes)
         return f"group:{self.group}"
 
+    def log_fields(self) -> dict[str, Any]:
+        """What every attack_* log event names: which attack, on what, of which kind."""
+        return {"attack_id": self.id, "group": self.group, "target": self.target, "vector": self.vector,
+                "service": self.service}
+
     @property
     def label(self) -> str:
         return f"{self.vector}/{self.service}" if self.service else self.vector

@@ -226,12 +226,8 @@ class Controller:
         a.logged_peak_pps, a.logged_at_ns = a.peak_pps, now
         self._log.warning(
             "attack_started",
-            attack_id=a.id,
-            group=a.group,
-            target=a.target,
-            vector=a.vector,
+            **a.log_fields(),
             flood=a.flood,
-            service=a.service,
             traffic_class=a.traffic_class,
             pps=round(a.pps),
             bps=round(a.bps),
@@ -294,14 +290,16 @@ class Controller:
             series = [x for x in series if x.dst == host]
         a.evidence.add_tick(series, dt, self._abusive_pps(view, cls))
         t_pps, _ = self._scope_thresholds(a)
-        window = a.evidence.window()
-        if a.id not in self._shapes or (pps > t_pps and window.total >= MIN_RANGE_SAMPLES):
+        first = a.id not in self._shapes
+        if first or pps > t_pps:
             # Classify while the flood is there; during the hold-down what remains is
             # the normal traffic, which must not turn the attack into something else.
             # A thin window (the first tick of a pulse wave's next burst) never
             # replaces a classification made on more evidence: rules would flap.
-            self._shapes[a.id] = classify(cls, window)
-            self._protocols[a.id] = top_protocols(window, 2)
+            window = a.evidence.window()
+            if first or window.total >= MIN_RANGE_SAMPLES:
+                self._shapes[a.id] = classify(cls, window)
+                self._protocols[a.id] = top_protocols(window, 2)
         shape = self._shapes[a.id]
         a.flood = str(shape.vector)
         a.vector = str(Vector.CARPET_BOMBING) if tgt is not None and tgt.carpet else a.flood
@@ -342,11 +340,7 @@ class Controller:
         a.logged_peak_pps, a.logged_at_ns = a.peak_pps, now
         self._log.info(
             "attack_updated",
-            attack_id=a.id,
-            group=a.group,
-            target=a.target,
-            vector=a.vector,
-            service=a.service,
+            **a.log_fields(),
             pps=round(a.pps),
             bps=round(a.bps),
             peak_pps=round(a.peak_pps),
@@ -364,11 +358,7 @@ class Controller:
         self._ended_total += 1
         self._log.warning(
             "attack_ended",
-            attack_id=a.id,
-            group=a.group,
-            target=a.target,
-            vector=a.vector,
-            service=a.service,
+            **a.log_fields(),
             reason=reason,
             duration_s=round(a.duration_s(now), 3),
             peak_pps=round(a.peak_pps),
@@ -382,10 +372,10 @@ class Controller:
     def _track_pending(self, step: Step, samples: TickSamples, dt: float) -> None:
         """Keep the samples of series on their way to a start, so a new record has them."""
         streak = self._detector.streak
-        over = set(zip(*(x.tolist() for x in np.nonzero(streak > 0)), strict=True))
-        for key in [k for k in self._pending if k not in over]:
+        pending = set(zip(*(x.tolist() for x in np.nonzero(streak > 0)), strict=True))
+        for key in [k for k in self._pending if k not in pending]:
             del self._pending[key]
-        for key in over:
+        for key in pending:
             q = self._pending.setdefault(key, deque(maxlen=max(self._detector.consecutive, 1)))
             if step.over[key]:  # the calm ticks between a pulse wave's bursts add nothing
                 q.append((samples.by_series.get(key, []), dt))
