@@ -958,13 +958,10 @@ PAIR_SENDER = "sender"
 PAIR_TARGET = "target"
 
 
-@dataclass(frozen=True)
-class VethPair:
-    """Two namespaces joined by one veth pair: attach XDP to ``target``, send from ``sender``."""
+class _BuiltTopology:
+    """A handle on a built topology: leaving its ``with`` block, or teardown(), removes the topology."""
 
     topology: Topology
-    sender: Iface
-    target: Iface
 
     def __enter__(self) -> Self:
         return self
@@ -976,6 +973,15 @@ class VethPair:
 
     def teardown(self) -> None:
         self.topology.teardown()
+
+
+@dataclass(frozen=True)
+class VethPair(_BuiltTopology):
+    """Two namespaces joined by one veth pair: attach XDP to ``target``, send from ``sender``."""
+
+    topology: Topology
+    sender: Iface
+    target: Iface
 
 
 def pair_topology(prefix: str, *, ipv6: bool = True, mtu: int = 1500, sender_gro: bool = True) -> Topology:
@@ -1024,7 +1030,7 @@ MAX_HOSTS = 16
 
 
 @dataclass(frozen=True)
-class Lab:
+class Lab(_BuiltTopology):
     """The built lab; every field is documented in the module docstring's plan."""
 
     topology: Topology
@@ -1066,17 +1072,6 @@ class Lab:
     def server(self) -> str:
         """Namespace of the server network."""
         return self.topology.netns(SERVER)
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.topology.__exit__(exc_type, exc, tb)
-
-    def teardown(self) -> None:
-        self.topology.teardown()
 
 
 def _nth_subnet(base: Network, index: int, prefixlen: int) -> Network:
