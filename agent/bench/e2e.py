@@ -658,11 +658,14 @@ class _Bench:
             d0 = config.dropped()
             a0, s0 = self.atk.read().tx_packets, self.srv.read().rx_packets
             ru0, ks0 = _children_cpu_ns(), _tasks_cpu_ns(self.ksoftirqd)
+            rx0 = self.gw.read().rx_packets
             flood = self._flood(self.pps, self.seconds)
             try:
                 flood.start()
-                # CPU and gw-in's packets count from here: trafgen's start-up is not per-packet work.
-                points = [self._point()]
+                # CPU counts from here: trafgen's start-up is not per-packet work. gw-in's packets
+                # count from before the start: trafgen sends as soon as it is running, before
+                # start() returns, and those packets belong to the first slice.
+                points = [Point(CpuTimes.read(), rx0)]
                 deadline = points[0].cpu.t + self.seconds + 10.0
                 k = 1
                 while flood.running and time.monotonic() < deadline:
