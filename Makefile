@@ -5,13 +5,20 @@ PY     := $(VENV)/bin/python
 FG     := $(VENV)/bin/floodguard
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench lint install uninstall clean
+.PHONY: setup test test-repeat demo bench lint install uninstall clean
 
 setup:
 	@FLOODGUARD_VENV=$(VENV) ./scripts/setup.sh
 
+# --durations: the 10 slowest tests, so a test that creeps towards the CI budget shows.
 test: setup
-	$(PY) -m pytest $(PYTEST_ARGS)
+	$(PY) -m pytest --durations=10 $(PYTEST_ARGS)
+
+# Finds flaky tests: the suite N times, then every test that failed at least once.
+# `make test-repeat N=5 PYTEST_ARGS=--random-order` shuffles the order in every run (seed printed).
+N ?= 5
+test-repeat: setup
+	$(PY) scripts/test_repeat.py $(N) -- $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check agent tests

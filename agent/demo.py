@@ -130,7 +130,7 @@ def run(out: TextIO, png: Path, short: bool = False) -> int:
                     stack.callback(flood.stop)
                     flood.start()
                 while time.monotonic() < start + act.seconds:
-                    # One-second windows: trafgen sends each second's packets in a burst.
+                    # One-second windows: what the table shows is a rate an operator reads.
                     time.sleep(1.0)
                     now = time.monotonic()
                     stats = port.read_stats()

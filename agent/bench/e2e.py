@@ -79,10 +79,8 @@ the same in every configuration, so the ratios are compressed towards 1.
 ``extra_ns_over_xdp_drop`` (this configuration minus the reference) is what
 the filter itself adds over the cheapest possible drop.
 
-trafgen's ``--rate`` sends each second's packets back-to-back and then
-sleeps (:mod:`agent.lab.traffic`): the load pulses, which matters for peak
-load (and for the legitimate traffic) but not for CPU per packet, which is
-an average over whole seconds.
+The flood is smooth: staggered trafgen lanes whose bursts are 10 ms apart
+(:mod:`agent.lab._lanes`); each window's report says how even it was.
 
 Legitimate traffic: HTTP probes (a new connection and a GET each time, 20/s,
 2 s timeout) from a client namespace to the server run throughout; their
@@ -685,8 +683,8 @@ class _Bench:
             d1 = config.dropped()
         finally:
             config.remove()
-        # trafgen is done early in its last second (it sends each second's budget at once): the short
-        # tail (plus the drain) joins the slice before it.
+        # The flood's last lanes finish just before its end: the short tail (plus the drain) joins
+        # the slice before it.
         if len(points) >= 3 and points[-1].cpu.t - points[-2].cpu.t < SLICE_SECONDS:
             del points[-2]
         return Window(
@@ -978,9 +976,6 @@ def _result(names: Sequence[str], *, windows: Sequence[Window], legit: dict[str,
         "every figure includes the generator and the upstream router's forwarding, the same in every "
         "configuration: ratios are compressed towards 1; extra_ns_over_xdp_drop is what the configuration adds "
         "over the cheapest drop",
-        "trafgen's --rate sends each second's packets back-to-back, then sleeps: the load pulses (peak rate "
-        "several times the mean). That shapes peak load and the legitimate traffic, not CPU per packet, an "
-        "average over whole seconds",
         "XDP on a veth is not XDP on a NIC: the packet reaches gw-in as an skb the upstream router built, and "
         "veth's native XDP first moves it through a ring into NAPI and, as it has less than 256 bytes of "
         "headroom, copies it into a fresh page (veth_convert_skb_to_xdp_buff) before the program runs. So every "

@@ -40,9 +40,7 @@ returning users, not new ones. New users are the hard case.
 
 The cap on challenges (policy ``syn_auth.challenge_pps``, 10,000/s per
 group unless the policy says otherwise) matters here: a SYN arriving when
-the cap is spent is dropped unchallenged, and trafgen sends each second's
-packets in a burst at the start of the second (agent/lab/traffic.py), so a
-client's SYN that lands in the burst waits for its retransmission. The
+the cap is spent is dropped unchallenged and waits for its retransmission. The
 bench runs the lab policy's cap unless ``--challenge-pps`` says otherwise;
 the table says which cap ran (read from the policy the daemon was given).
 

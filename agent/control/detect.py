@@ -7,9 +7,9 @@ pps and bps against the policy's per-destination floors. Level > 1 is over.
 
 * An attack starts after ``consecutive`` ticks over: one noisy tick starts
   nothing. Over-ticks at most ``pulse_gap`` apart count as in a row, so a
-  pulse-wave flood (a burst, a pause, a burst; trafgen's per-second budget
-  is one) shorter than ``consecutive`` ticks is still caught at its next
-  burst. A calm spell longer than ``pulse_gap`` starts the count again.
+  pulse-wave flood (a burst, a pause, a burst) whose bursts are shorter
+  than ``consecutive`` ticks is still caught at its next burst. A calm
+  spell longer than ``pulse_gap`` starts the count again.
 * At the start the thresholds are frozen. The attack ends only once its level
   against those frozen thresholds stays below ``release_ratio`` for
   ``hold_down`` seconds; any tick at or above the release level restarts the

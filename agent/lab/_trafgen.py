@@ -13,7 +13,8 @@ Things about trafgen 0.6.8 that shaped this module (measured on the lab):
   ("Invalid unit type for rate") and trafgen exits at once.
 - ``--rate`` keeps a per-second budget: it sends the second's packets
   back-to-back at full speed, then sleeps to the end of that second. The
-  mean rate is exact; within a second the flood is on/off.
+  mean rate is exact; within a second one process is on/off, so a flood
+  runs as many staggered processes (:mod:`agent.lab._lanes`).
 - ``--gap`` sleeps after every packet; on this VM a sleep costs about 30 us,
   so a gap cannot pace more than ~25 kpps.
 - ``-A`` (no socket-memory tuning) is listed by ``--help`` but not accepted
@@ -30,6 +31,7 @@ from __future__ import annotations
 import os
 import re
 import shutil
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from ipaddress import IPv4Network, IPv6Network
@@ -170,12 +172,19 @@ def argv(
     seed: int | None,
     cap_seconds: float,
     die_with_parent: bool,
+    lanes: int | None = None,
 ) -> list[str]:
-    """``[setpriv --pdeathsig TERM] timeout ... trafgen ...``: one process (``--cpus 1``), at ``pps``.
+    """``[setpriv --pdeathsig TERM] timeout ... python -m agent.lab._lanes ... -- trafgen ...``.
+
+    The flood runs as ``lanes`` staggered trafgen processes (``--cpus 1``
+    each) that share ``pps`` and ``count`` (:mod:`agent.lab._lanes` says
+    why: one trafgen sends each second's packets in one burst). Its
+    environment must let ``python -m agent.lab._lanes`` import this package
+    (:func:`agent.lab.traffic._python_env`).
 
     ``timeout(1)`` is the process group leader: a SIGTERM or SIGINT to it
     (which is all a plain ``Popen.terminate`` sends) is forwarded to the
-    whole group, so trafgen's sending worker stops too; and it ends the
+    whole group, so every lane's sending worker stops too; and it ends the
     flood after ``cap_seconds`` even if nobody is left to stop it.
     ``die_with_parent`` has the kernel send it SIGTERM when the thread that
     started it exits (``PR_SET_PDEATHSIG``): right for the main thread (the
@@ -189,6 +198,20 @@ def argv(
         "--signal=INT",
         "--kill-after=3",
         f"{max(1.0, cap_seconds):.0f}",
+        sys.executable,
+        "-m",
+        "agent.lab._lanes",
+        "--pps",
+        str(int(pps)),
+    ]
+    if count is not None:
+        out += ["--num", str(int(count))]
+    if seed is not None:
+        out += ["--seed", str(int(seed))]
+    if lanes is not None:
+        out += ["--lanes", str(int(lanes))]
+    out += [
+        "--",
         trafgen_path(),
         "--dev",
         device,
@@ -196,15 +219,9 @@ def argv(
         config,
         "--cpus",
         "1",
-        "--rate",
-        f"{int(pps)}pps",
         "--no-sock-mem",
         "--notouch-irq",
     ]
-    if count is not None:
-        out += ["--num", str(int(count))]
-    if seed is not None:
-        out += ["--seed", str(int(seed))]
     return out
 
 

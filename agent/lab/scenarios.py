@@ -169,6 +169,8 @@ class ScenarioResult:
     cpu_busy: float
     """Share of the machine's CPU time (all CPUs, 0..1) spent busy during the flood, from /proc/stat."""
     legit: tuple[str, ...] = field(default=())
+    server_link: Mapping[str, int] | None = None
+    """The server link queue's ``packets`` (sent on) and ``drops`` during the flood (None: not limited)."""
 
     @property
     def headline(self) -> str:
@@ -204,10 +206,12 @@ class ScenarioResult:
             f"(p50 {ms(self.during[k].p50)}, p95 {ms(self.during[k].p95)})"
             for k in self.during
         )
+        link = "" if self.server_link is None else (
+            f"server link sent {self.server_link['packets']:,} dropped {self.server_link['drops']:,}, ")
         return (
             f"{self.scenario} [{self.label}] {'protected' if self.protected else 'unprotected'}: "
-            f"flood {self.flood.pps:,.0f} pps ({self.flood.packets_sent:,} packets), "
-            f"gateway rx {self.gateway_rx_packets:,}, server rx {self.server_rx_packets:,}, "
+            f"flood {self.flood.pps:,.0f} pps ({self.flood.packets_sent:,} packets, {self.flood.smoothness}), "
+            f"gateway rx {self.gateway_rx_packets:,}, server rx {self.server_rx_packets:,}, {link}"
             f"listen drops {self.listen.listen_drops:,}, CPU busy {self.cpu_busy:.0%}; legit {legit}"
         )
 
@@ -270,14 +274,15 @@ def run_scenario(
             on_phase(what, now)
         return now
 
-    # A flood with a duration sends exactly pps * duration packets (trafgen's per-second budget,
-    # see agent.lab.traffic) and is then stopped at its end, so the window holds whole seconds.
+    # A flood with a duration sends exactly pps * duration packets, evenly (staggered lanes, see
+    # agent.lab._lanes), and is stopped at its end.
     flood = Flood(lab, scenario.recipe, pps=rate, attacker=attacker, ipv6=ipv6, duration=duration)
     probes = {k: Probe(lab, k, client=client, ipv6=ipv6) for k in kinds}
     topo = lab.topology
+    link = None
     with contextlib.ExitStack() as stack:
         if server_link_mbit is not None:
-            stack.enter_context(limit_server_link(lab, server_link_mbit))
+            link = stack.enter_context(limit_server_link(lab, server_link_mbit))
         stack.enter_context(LegitServer(lab))
         if with_floodguard is not None:
             stack.enter_context(with_floodguard())
@@ -290,6 +295,7 @@ def run_scenario(
         time.sleep(baseline)
         listen0 = listen_counters(lab)
         gw0, srv0 = gw.read(), srv.read()
+        link0 = link.stats() if link is not None else {}
         cpu0 = _cpu_times()
         stack.callback(flood.stop)
         flood.start()
@@ -299,6 +305,7 @@ def run_scenario(
         f1 = phase("flood_stopped")
         cpu1 = _cpu_times()
         gw1, srv1 = gw.read(), srv.read()
+        link1 = link.stats() if link is not None else {}
         listen1 = listen_counters(lab)
         for probe in probes.values():
             probe.stop()
@@ -318,6 +325,7 @@ def run_scenario(
         listen=listen1 - listen0,
         cpu_busy=_busy(cpu0, cpu1),
         legit=kinds,
+        server_link={k: link1.get(k, 0) - link0.get(k, 0) for k in ("packets", "drops")} if link else None,
     )
     _log().info("scenario_done", scenario=name, protected=result.protected, flood_pps=round(report.pps),
                 legit_success_pct=round(result.legit_success_pct, 1))

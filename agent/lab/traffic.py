@@ -18,15 +18,14 @@ flood with spoofed sources, an ICMP echo flood, non-first IPv4 fragments, one
 heavy hitter (the attacker's own address, UDP to the echo service), carpet
 bombing over the servers' /24, and a mix.
 
-trafgen's ``--rate`` is a per-second budget: each second's packets leave
-back-to-back at the generator's top speed, then it sleeps until the second
-is over (measured: 30 kpps goes out as ~14k packets per 100 ms for 0.2 s,
-then nothing for 0.8 s). The mean over every whole second is exact; within
-a second the flood pulses. A smooth rate would need a timer per packet
-(``--gap`` or a tbf qdisc), and on this VM that costs more CPU than the
-flood itself (tbf at 50 kpps kept one core busy; ``--gap`` tops out near
-25 kpps), so the pulse is the price of a generator that leaves the second
-core alone. Detection that ticks faster than once a second sees the pulse.
+A flood is smooth at the asked rate, as real attack tools and botnets send:
+one trafgen process would send each second's packets back-to-back and then
+sleep out the second (trafgen's ``--rate`` is a per-second budget), so a
+flood runs as up to 100 staggered trafgen processes whose bursts are 10 ms
+apart (:mod:`agent.lab._lanes`). Every :class:`FloodReport` says how even
+the rate was per 100 ms (:class:`Smoothness`); measured at 50 kpps, every
+100 ms window held 45-55 kpps and no 10 ms window was empty, for the CPU
+of one trafgen.
 
 The server's access link
 ------------------------
@@ -78,11 +77,13 @@ from __future__ import annotations
 
 import atexit
 import contextlib
+import itertools
 import json
 import math
 import os
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -99,7 +100,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from agent.lab import _trafgen
+from agent.lab import _lanes, _trafgen
 from agent.lab._errors import TopologyError
 from agent.lab._trafgen import (
     ETH_HLEN,
@@ -195,6 +196,8 @@ class Defaults:
 
 
 DEFAULTS = Defaults()
+#: The window over which a flood's rate is checked for evenness (:class:`Smoothness`).
+SMOOTHNESS_WINDOW = 0.1
 
 
 # --- errors ------------------------------------------------------------------------------
@@ -975,6 +978,33 @@ def connect_test(
 
 
 @dataclass(frozen=True)
+class Smoothness:
+    """The achieved rate in every whole window of ``window`` seconds while the flood ran (pps)."""
+
+    window: float
+    rates: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.rates) if self.rates else 0.0
+
+    @property
+    def stdev(self) -> float:
+        return statistics.pstdev(self.rates) if len(self.rates) > 1 else 0.0
+
+    @property
+    def spread(self) -> float:
+        """Standard deviation over mean: 0 is perfectly even."""
+        return self.stdev / self.mean if self.mean > 0 else 0.0
+
+    def __str__(self) -> str:
+        if not self.rates:
+            return "no whole window"
+        return (f"per {self.window * 1000:.0f} ms: mean {self.mean:,.0f} pps, spread {self.spread:.1%} "
+                f"(min {min(self.rates):,.0f}, max {max(self.rates):,.0f}, {len(self.rates)} windows)")
+
+
+@dataclass(frozen=True)
 class FloodReport:
     """What a flood did: packets by the attacker interface's counter, and for how long."""
 
@@ -984,15 +1014,26 @@ class FloodReport:
     seconds: float
     trafgen_reported: int | None
     exit_status: int | None
+    smoothness: Smoothness = field(default_factory=lambda: Smoothness(0.1, ()))
+    lanes: int = 1
 
     @property
     def pps(self) -> float:
         """Achieved mean rate."""
         return self.packets_sent / self.seconds if self.seconds > 0 else 0.0
 
+    def __str__(self) -> str:
+        return (f"{self.recipe}: asked {self.pps_requested:,} pps, achieved {self.pps:,.0f} pps "
+                f"({self.packets_sent:,} packets in {self.seconds:.2f} s, {self.lanes} lanes); {self.smoothness}")
+
 
 class Flood:
-    """One trafgen process sending a recipe from an attacker namespace at a set rate.
+    """A recipe sent from an attacker namespace at a smooth, set rate.
+
+    It runs as ``lanes`` staggered trafgen processes (default: one per 20 pps,
+    at most 100; :mod:`agent.lab._lanes` explains why), and a thread reads the
+    attacker interface's counter every 100 ms so that the report says how
+    even the rate was (:class:`Smoothness`).
 
     ``recipe`` is a :class:`Recipe` or a name from :data:`RECIPES`;
     ``attacker`` picks the attacker namespace; ``duration`` (seconds) makes
@@ -1017,6 +1058,7 @@ class Flood:
         duration: float | None = None,
         ipv6: bool = False,
         seed: int | None = None,
+        lanes: int | None = None,
     ) -> None:
         if not 0 <= attacker < len(lab.attackers):
             raise ValueError(f"attacker {attacker} does not exist; the lab has {len(lab.attackers)}")
@@ -1029,6 +1071,9 @@ class Flood:
             raise ValueError("flood duration must be positive")
         self.duration = duration
         self.seed = seed
+        self.lanes = min(lanes, self.pps) if lanes is not None else _lanes.lanes_for(self.pps)
+        if self.lanes < 1:
+            raise ValueError("a flood needs at least one lane")
         self.iface: Iface = lab.attackers[attacker]
         self.peer: Iface = lab.topology.iface(self.iface.peer_ns, self.iface.peer_ifname)
         self._child: _Child | None = None
@@ -1039,6 +1084,9 @@ class Flood:
         self.stopped_at: float | None = None
         self._report: FloodReport | None = None
         self._lock = threading.Lock()
+        self._marks: list[tuple[float, int]] = []  # (monotonic time, tx packets) every 100 ms
+        self._sampling = threading.Event()
+        self._sampler: threading.Thread | None = None
 
     @property
     def config_text(self) -> str:
@@ -1066,17 +1114,17 @@ class Flood:
         config = os.path.join(self._tmpdir, f"{self.recipe.name or 'flood'}.cfg")
         with open(config, "w") as f:
             f.write(self.config_text)
-        count = None if self.duration is None else max(1, round(self.pps * self.duration))
+        count = self._count
         cap = DEFAULTS.flood_cap_seconds if self.duration is None else self.duration + 10.0
         argv = _trafgen.argv(device=self.iface.ifname, config=config, pps=self.pps, count=count,
-                             seed=self.seed, cap_seconds=cap,
+                             seed=self.seed, cap_seconds=cap, lanes=self.lanes,
                              die_with_parent=threading.current_thread() is threading.main_thread())
         counter = LinkCounter(self.lab.topology, self.iface.ns, self.iface.ifname)
         child: _Child | None = None
         try:
             self._tx0 = counter.read().tx_packets
             child = _Child(self.lab.topology, self.iface.ns, argv, what=f"trafgen ({self.recipe.name})",
-                           cwd=self._tmpdir)
+                           cwd=self._tmpdir, env=_python_env())
             child.wait_ready(DEFAULTS.start_timeout, marker="Running!")
         except BaseException as exc:
             counter.close()
@@ -1088,8 +1136,30 @@ class Flood:
         self._counter = counter
         self._child = child
         self.started_at = time.monotonic()
-        _log().info("flood_started", recipe=self.recipe.name, pps=self.pps, ns=self.iface.ns,
+        self._sampler = threading.Thread(target=self._sample, args=(counter, self._tx0), name="lab:flood-rate",
+                                         daemon=True)
+        self._sampler.start()
+        _log().info("flood_started", recipe=self.recipe.name, pps=self.pps, ns=self.iface.ns, lanes=self.lanes,
                     device=self.iface.ifname, duration=self.duration, pid=child.proc.pid)
+
+    def _sample(self, counter: LinkCounter, tx0: int) -> None:
+        """The attacker interface's counter every 100 ms, on a fixed schedule from the start."""
+        due = time.monotonic()
+        self._marks.append((due, tx0))
+        while not self._sampling.is_set():
+            due += SMOOTHNESS_WINDOW
+            if self._sampling.wait(max(0.0, due - time.monotonic())):
+                break
+            try:
+                tx = counter.read().tx_packets
+            except TopologyError:
+                break
+            self._marks.append((time.monotonic(), tx))
+
+    @property
+    def _count(self) -> int | None:
+        """Packets a flood with a duration sends in all."""
+        return None if self.duration is None else max(1, round(self.pps * self.duration))
 
     @property
     def running(self) -> bool:
@@ -1125,11 +1195,19 @@ class Flood:
         return (self.stopped_at or time.monotonic()) - self.started_at
 
     def wait(self, timeout: float | None = None) -> FloodReport:
-        """Wait for a flood with a ``duration`` to end by itself, then :meth:`stop` it."""
-        child = self._child
-        if child is not None:
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.proc.wait(timeout=timeout)
+        """Wait until a flood with a ``duration`` has sent all its packets (or ended), then :meth:`stop` it.
+
+        Each lane sleeps out the second of its last burst before it exits, so
+        the packets are all out up to a second before the processes are gone.
+        """
+        child, count = self._child, self._count
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while child is not None and child.proc.poll() is None:
+            if count is not None and self.packets_sent >= count:
+                break
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
         return self.stop()
 
     def stop(self) -> FloodReport:
@@ -1139,16 +1217,18 @@ class Flood:
                 return self._report
             atexit.unregister(self.stop)
             child, self._child = self._child, None
+            self._sampling.set()
+            if self._sampler is not None:
+                self._sampler.join(timeout=2.0)
             status = None
             if child is not None:
-                ended_by_itself = child.proc.poll() is not None
                 now = time.monotonic()
+                done_at = self._all_sent_at()
                 status = child.stop(signal.SIGINT, 5.0)
-                if ended_by_itself and self.duration is not None and self.started_at is not None:
-                    # trafgen sends each second's budget at the start of that second, so it is done
-                    # early in the last one; the flood still lasted its duration (or longer, if
-                    # trafgen could not keep up).
-                    self.stopped_at = max(self.started_at + self.duration, child.eof_at or 0.0)
+                if done_at is not None and self.duration is not None and self.started_at is not None:
+                    # Every packet is out: the flood lasted its duration (or longer, if trafgen
+                    # could not keep up), whatever the lanes did afterwards.
+                    self.stopped_at = max(self.started_at + self.duration, done_at)
                 else:
                     self.stopped_at = now
             sent = 0
@@ -1167,6 +1247,8 @@ class Flood:
                 seconds=self.elapsed,
                 trafgen_reported=_trafgen.parse_summary(output),
                 exit_status=status,
+                smoothness=self._smoothness(),
+                lanes=self.lanes,
             )
         if child is not None:
             _log().info("flood_stopped", recipe=self.recipe.name, packets=sent, seconds=round(self.elapsed, 3),
@@ -1176,6 +1258,33 @@ class Flood:
             if status not in (0, 124, -signal.SIGINT, 128 + signal.SIGINT) and sent == 0:
                 raise FloodError(f"trafgen ({self.recipe.name}) failed with status {status}:\n{output}")
         return self._report
+
+    def _all_sent_at(self) -> float | None:
+        """When the counter reached a flood's full count (None: not yet, or no count)."""
+        count = self._count
+        if count is None:
+            return None
+        sent = self.packets_sent
+        if sent < count:
+            return None
+        for t, tx in self._marks:
+            if tx - self._tx0 >= count:
+                return t
+        return time.monotonic()
+
+    def _smoothness(self) -> Smoothness:
+        """Packets per 100 ms window while the flood was on: the first window (lanes start
+        during it) and windows at or after the stop or the last packet are left out. A
+        window that the sampler saw late (this machine busy elsewhere) is left out too."""
+        end = self.stopped_at if self.stopped_at is not None else time.monotonic()
+        rates = []
+        for (t0, a), (t1, b) in itertools.pairwise(self._marks[1:]):
+            if t1 > end - 1e-3:
+                break
+            if abs((t1 - t0) - SMOOTHNESS_WINDOW) > SMOOTHNESS_WINDOW / 4:
+                continue
+            rates.append((b - a) / (t1 - t0))
+        return Smoothness(SMOOTHNESS_WINDOW, tuple(rates))
 
     def _cleanup_files(self) -> None:
         tmpdir, self._tmpdir = self._tmpdir, None

@@ -244,37 +244,31 @@ class Sniffer:
         return self.frames
 
 
-def sleep_until(t: float) -> None:
-    time.sleep(max(0.0, t - time.monotonic()))
-
-
 @pytest.mark.parametrize("name", list(RECIPES))
-def test_flood_sends_one_budget_per_second_and_reaches_the_gateway(lab: Lab, name: str) -> None:
-    """trafgen sends a second's worth of packets at the start of the second, then waits; all reach gw-in.
+def test_flood_is_smooth_and_reaches_the_gateway(lab: Lab, name: str) -> None:
+    """Exactly the asked packets, spread over the second (no silent 100 ms), and all of them reach gw-in.
 
-    Counted at 0.5 s and 0.8 s after start: the budget is out (it takes ~0.15 s
-    at this rate) and the next one is not due yet, whatever the machine's
-    load does to when exactly we noticed trafgen starting.
+    The lanes' bursts are 10 ms apart: a window with no packet at all would
+    mean the flood pulses again, whatever the machine's speed.
     """
-    flood = Flood(lab, name, pps=RATE)
+    flood = Flood(lab, name, pps=RATE, duration=1.5)
     with LinkCounter(lab.topology, lab.gateway, lab.gateway_ingress.ifname) as gw:
         sniffer = Sniffer(lab)
         rx0 = gw.read().rx_packets
         try:
             flood.start()
-            assert flood.started_at is not None
-            sleep_until(flood.started_at + 0.5)
-            at_half = flood.packets_sent
-            sleep_until(flood.started_at + 0.8)
+            report = flood.wait(timeout=15.0)
         finally:
-            report = flood.stop()
+            flood.stop()
             frames = sniffer.close()
         time.sleep(0.05)  # the last packets cross three namespaces
         arrived = gw.read().rx_packets - rx0
-    print(f"{name}: {at_half} packets after 0.5 s, {report.packets_sent} after 0.8 s (asked {RATE:,}/s); "
-          f"gw-in received {arrived}; trafgen says {report.trafgen_reported}")
-    assert at_half == report.packets_sent == RATE
+    print(f"{report}; gw-in received {arrived}; trafgen says {report.trafgen_reported}")
+    assert report.packets_sent == round(1.5 * RATE)
     assert report.trafgen_reported == report.packets_sent
+    assert report.lanes == 100
+    rates = report.smoothness.rates
+    assert len(rates) >= 5 and min(rates) > 0, report.smoothness
     # A spoofed source that happens to be the upstream router's own address (2 in 131072) is a
     # martian there and dropped; nothing else may go missing.
     assert 0.999 * report.packets_sent <= arrived <= report.packets_sent + 50
@@ -286,38 +280,36 @@ def test_flood_sends_one_budget_per_second_and_reaches_the_gateway(lab: Lab, nam
     assert not no_trafgen_on(lab)
 
 
-def test_flood_rate_holds_over_seconds_at_the_default(lab: Lab) -> None:
-    """The default rate over three seconds: the mean holds, one budget a second (counted mid-second)."""
-    flood = Flood(lab, "reflection_dns").start()
-    assert flood.started_at is not None
-    marks = []
-    try:
-        for k in range(3):
-            sleep_until(flood.started_at + k + 0.75)
-            marks.append(flood.packets_sent)
-    finally:
-        report = flood.stop()
-    print(f"default {DEFAULTS.flood_pps:,} pps: {report.packets_sent:,} packets in {report.seconds:.2f} s "
-          f"= {report.pps:,.0f} pps; at 0.75, 1.75, 2.75 s: {marks}")
-    assert marks == [DEFAULTS.flood_pps * k for k in (1, 2, 3)]
-    assert abs(report.pps - DEFAULTS.flood_pps) <= 0.3 * DEFAULTS.flood_pps
+def test_flood_at_the_default_rate_sends_its_count_evenly(lab: Lab) -> None:
+    """Three seconds at the default rate: every packet leaves, and no 100 ms window is silent."""
+    report = Flood(lab, "reflection_dns", duration=3.0).start().wait(timeout=20.0)
+    print(report)
+    assert report.packets_sent == 3 * DEFAULTS.flood_pps
+    assert report.smoothness.rates and min(report.smoothness.rates) > 0, report.smoothness
 
 
 def test_flood_with_a_duration_ends_by_itself(lab: Lab) -> None:
     flood = Flood(lab, "icmp_flood", pps=RATE, duration=1.0).start()
     report = flood.wait(timeout=10.0)
     assert report.packets_sent == RATE
-    assert report.seconds == pytest.approx(1.0, abs=0.1)  # the budget, then the rest of the second
+    assert report.seconds >= 1.0  # the packets of the last lane's last burst, then the report
     assert not flood.running and not no_trafgen_on(lab)
 
 
-def test_flood_stop_ends_every_trafgen_process(lab: Lab) -> None:
-    """trafgen's sending worker is a child of its main process; stopping the flood ends both, and the config."""
-    flood = Flood(lab, "syn_flood", pps=RATE).start()
+def trafgen_processes(leader: psutil.Process) -> list[psutil.Process]:
+    return [p for p in leader.children(recursive=True) if p.name() == "trafgen"]
+
+
+def test_flood_stop_ends_every_lane_and_worker(lab: Lab) -> None:
+    """Each lane is a trafgen process with a sending worker; stopping the flood ends all of them, and the config."""
+    flood = Flood(lab, "syn_flood", pps=RATE, lanes=4).start()
     assert flood.pid is not None
     leader = psutil.Process(flood.pid)
+    deadline = time.monotonic() + 5.0
+    while len(trafgen_processes(leader)) < 8 and time.monotonic() < deadline:
+        time.sleep(0.05)  # lanes start 1/4 s apart
     group = [leader, *leader.children(recursive=True)]
-    assert len(group) == 3, [p.cmdline() for p in group]  # timeout -> trafgen -> its worker
+    assert len(trafgen_processes(leader)) == 8, [p.cmdline() for p in group]  # 4 lanes, each with its worker
     config_dir = flood.config_dir
     assert config_dir is not None and os.path.isdir(config_dir)
     flood.stop()
@@ -326,12 +318,14 @@ def test_flood_stop_ends_every_trafgen_process(lab: Lab) -> None:
     assert flood.stop() is flood.stop()  # idempotent
 
 
-def test_terminating_the_flood_process_stops_the_worker_too(lab: Lab) -> None:
-    """A forgotten flood gets what lab teardown sends (SIGTERM to the process it started); the worker must go."""
-    flood = Flood(lab, "syn_flood", pps=RATE).start()
+def test_terminating_the_flood_process_stops_the_workers_too(lab: Lab) -> None:
+    """A forgotten flood gets what lab teardown sends (SIGTERM to the process it started); every worker must go."""
+    flood = Flood(lab, "syn_flood", pps=RATE, lanes=4).start()
     assert flood.pid is not None
     leader = psutil.Process(flood.pid)
+    time.sleep(1.0)  # every lane started
     group = [leader, *leader.children(recursive=True)]
+    assert len(trafgen_processes(leader)) == 8
     leader.terminate()  # what Topology.teardown does to every process it started
     _, alive = psutil.wait_procs(group, timeout=5.0)
     assert not alive, [p.cmdline() for p in alive]
@@ -358,7 +352,7 @@ def test_a_killed_test_process_leaves_no_flood_or_client(lab: Lab) -> None:
         with open(cfg, "w") as f:
             f.write(flood.config_text)
         trafgen = _trafgen.argv(device=atk.ifname, config=cfg, pps=RATE, count=None, seed=None, cap_seconds=600,
-                                die_with_parent=True)
+                                die_with_parent=True, lanes=1)
         probe = [sys.executable, "-m", "agent.lab._clients", "--parent", "{PARENT}", "probe", "--kind", "udp",
                  "--host", str(lab.server_v4), "--port", "7", "--rate", "20"]
         argvs = [lab.topology.nsenter_argv(atk.ns, trafgen), lab.topology.nsenter_argv(cli.ns, probe)]
@@ -375,7 +369,7 @@ def test_a_killed_test_process_leaves_no_flood_or_client(lab: Lab) -> None:
                     time.sleep(0.05)
                 assert tx.read().tx_packets > sent0, "the flood never started"
             group = [p for leader in leaders for p in (leader, *leader.children(recursive=True))]
-            assert len(group) == 4  # timeout -> trafgen -> its worker; the probe
+            assert len(group) == 5  # timeout -> lane launcher -> trafgen -> its worker; the probe
         finally:
             starter.kill()
             starter.wait()
@@ -446,7 +440,13 @@ def test_unprotected_syn_flood_overflows_the_backlog_and_refuses_users(lab: Lab)
 
 
 def test_reflection_fills_the_server_link_and_the_runner_calls_the_hook(lab: Lab) -> None:
-    """DNS reflection at the default rate overfills the 50 Mbit/s server link: legitimate UDP is lost.
+    """DNS reflection at the default rate overfills the 50 Mbit/s server link: its queue drops most of it.
+
+    Decided by the link's own counters: of what the gateway offers the link,
+    most is dropped, because 50 kpps of 1242-byte answers is ten times what 50
+    Mbit/s carries (a machine would have to forward five times slower than
+    this one for that to change). (How many
+    legitimate probes happened to get through is printed, not asserted.)
 
     The hook stands in for floodguard (it protects nothing): the runner enters
     it after the server started and leaves it after the probes finished.
@@ -465,7 +465,8 @@ def test_reflection_fills_the_server_link_and_the_runner_calls_the_hook(lab: Lab
     assert events == ["enter", "baseline", "flood", "flood_stopped", "done", "exit"]
     assert result.protected and result.label == "udp_reflection/dns"
     assert result.baseline["udp"].success_pct == 100.0
-    assert result.during["udp"].success_pct < 90.0
+    link = result.server_link
+    assert link is not None and link["drops"] >= 0.8 * (link["drops"] + link["packets"])
     assert result.server_rx_packets < 0.2 * result.gateway_rx_packets  # the link let through what fits
     assert result.flood.packets_sent == 2 * DEFAULTS.flood_pps
     with IPRoute(netns=lab.gateway, flags=0) as ipr:
