@@ -33,13 +33,16 @@ import structlog
 
 from agent import state as saved
 from agent.api import ControlServer, RequestError
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi, attach, loader
-from agent.datapath.addrtable import PrefixKey, Record, key_network, prefix_key
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+from agent.contract.clock import NS, monotonic_ns
+from agent.contract.keys import PrefixKey, Record, key_network, prefix_key
+from agent.contract.rates import describe
+from agent.datapath import attach, loader
+from agent.datapath import bpfsys as sysbpf
 from agent.datapath.errors import DatapathError, InterfaceError
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import MapPort
-from agent.datapath.rates import describe
 from agent.policy import LoadResult, load_policy
 from agent.policy.compile import compile_policy
 from agent.policy.watch import PolicyWatcher
@@ -48,17 +51,12 @@ from agent.sdnotify import Notifier
 
 log = structlog.get_logger()
 
-NS = 1_000_000_000
 RTMGRP_LINK = 1
 NETLINK_ROUTE = 0
 
 
 class StartupError(Exception):
     """The agent cannot start; the message says why and what to do."""
-
-
-def monotonic_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
 
 
 @dataclass
@@ -134,12 +132,7 @@ class Agent:
         logsetup.configure(policy.log.level, policy.log.format)
 
         st = self._load_state(policy.state_dir)
-        compiled = compile_policy(policy)
-        if st is not None and st.group_ids:
-            from agent.policy.compile import CompiledPolicy
-
-            seed = CompiledPolicy(compiled.config, compiled.capacity, (), {}, {}, {}, (), st.group_ids)
-            compiled = compile_policy(policy, seed)
+        compiled = compile_policy(policy, st.group_ids if st is not None and st.group_ids else None)
 
         migrated = self._prepare_pins(compiled.capacity)
         self.program = loader.build(loader.BuildOptions(pin_dir=self.pin_dir, capacity=compiled.capacity))
@@ -226,7 +219,7 @@ class Agent:
 
     # ------------------------------------------------------------------ pins
 
-    def _prepare_pins(self, capacity: loader.Capacity) -> list[tuple[PrefixKey, int, int, Record]]:
+    def _prepare_pins(self, capacity: Capacity) -> list[tuple[PrefixKey, int, int, Record]]:
         """Reuse pins of the same version and sizes; otherwise read the
         operator and automatic entries out of the old pins (they stay in
         force through the old program until the swap) and move them aside."""
@@ -252,10 +245,10 @@ class Agent:
             loader.remove_pins(str(d))
         return records
 
-    def _pins_fit(self, d: Path, capacity: loader.Capacity) -> bool:
+    def _pins_fit(self, d: Path, capacity: Capacity) -> bool:
         want = {
             "src_entries": capacity.src_entries, "host4": capacity.hosts4, "lpm6": capacity.prefixes6,
-            "groups": capacity.groups, "buckets4": capacity.sources4, "buckets6": capacity.sources6,
+            "groups": capacity.groups, "buckets4": capacity.sources, "buckets6": capacity.sources6,
             "dst_stats": capacity.destinations, "verified4": capacity.verified,
         }
         for name, size in want.items():

@@ -23,13 +23,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, TextIO
 
-from agent.datapath import abi
+from agent.contract import abi
 
-DROP_REASONS = (
-    abi.Reason.BANNED, abi.Reason.RULE_DROP, abi.Reason.RULE_RATE_LIMITED, abi.Reason.RATE_LIMITED,
-    abi.Reason.MALFORMED, abi.Reason.SYN_CHALLENGED, abi.Reason.SYN_CHALLENGE_LIMITED,
-    abi.Reason.SYN_AUTH_FAILED,
-)
+# What the demo counts as stopped: every reason whose packet never reaches the server.
+DROP_REASONS = tuple(sorted(abi.NOT_DELIVERED))
 
 
 @dataclass

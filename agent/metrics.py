@@ -21,7 +21,6 @@ the alert rules in step with what :func:`metric_names` returns.
 
 from __future__ import annotations
 
-import ctypes as ct
 import errno as errno_mod
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -36,23 +35,15 @@ from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi
-from agent.datapath.errors import BpfSyscallError, DatapathError
-from agent.datapath.maps import Table
-from agent.datapath.port import MapPort
+from agent.contract import abi
+from agent.datapath.errors import DatapathError
+from agent.datapath.mapport import MapPort
+from agent.datapath.maps import Table, count_hash_entries, count_lpm_entries
 
-# A control tick should take a few ms (issue 5 targets <= 100 ms with a
-# million sources); the top buckets catch one that eats its whole interval.
+# A control tick should take a few ms (at most 100 ms with a million sources);
+# the top buckets catch one that eats its whole interval.
 TICK_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
-# Hash maps are counted exactly up to this many entries, and estimated
-# beyond it (see count_hash_entries): a full walk of a 1M-entry LRU map costs
-# ~0.35 s of kernel time, a sample of 64k costs ~20 ms.
-SAMPLE_ENTRIES = 65_536
-# ... and never more than this many bytes read per map per scrape: a per-CPU
-# hash copies one value per CPU for every entry.
-SAMPLE_BYTES = 16 << 20
 
 _BPF_MAP_TYPE_NAMES = {
     1: "hash",
@@ -67,15 +58,7 @@ _HASH_TYPES = {"hash", "percpu_hash", "lru_hash", "lru_percpu_hash"}
 
 # Verdict reasons that drop a packet (unless counted under monitor); used by
 # the alert rules and the dashboard as a regular expression too.
-DROP_REASONS = (
-    abi.Reason.BANNED,
-    abi.Reason.RULE_DROP,
-    abi.Reason.RULE_RATE_LIMITED,
-    abi.Reason.RATE_LIMITED,
-    abi.Reason.MALFORMED,
-    abi.Reason.SYN_CHALLENGE_LIMITED,
-    abi.Reason.SYN_AUTH_FAILED,
-)
+DROP_REASONS = tuple(sorted(abi.DROPPING))
 
 
 # --------------------------------------------------------------------------- what the daemon provides
@@ -236,79 +219,6 @@ class MapFill:
 
 def map_type_name(table: Table) -> str:
     return _BPF_MAP_TYPE_NAMES.get(table.map_type, f"type{table.map_type}")
-
-
-def count_hash_entries(
-    table: Table, max_entries: int = SAMPLE_ENTRIES, max_bytes: int = SAMPLE_BYTES
-) -> tuple[int, bool]:
-    """Entries of a hash map: (count, exact).
-
-    Reads the map with BPF_MAP_LOOKUP_BATCH until it ends (exact) or the
-    sample budget is spent. The batch token the kernel hands back is the
-    index of the next hash bucket (kernel/bpf/hashtab.c), and keys spread
-    uniformly over the roundup_pow_of_two(max_entries) buckets, so entries
-    seen / buckets walked x buckets estimates the whole map (a 64k sample of a
-    1M map: about ±0.4 %). If the token ever stops looking like a bucket index,
-    the walk simply goes on to the end and is exact.
-
-    XXX: belongs next to lookup_batch in datapath/_bpfsys.py; it lives here
-    because metrics is its only user.
-    """
-    vsize = sysbpf.percpu_value_size(table.value_size) * table.ncpus if table.percpu else table.value_size
-    entry = table.key_size + vsize
-    n_buckets = 1 << max(0, table.max_entries - 1).bit_length()
-    budget = max(1, min(max_entries, max_bytes // entry))
-    chunk = max(64, min(budget, table.max_entries))
-    keys = ct.create_string_buffer(table.key_size * chunk)
-    values = ct.create_string_buffer(vsize * chunk)
-    token = ct.c_uint64(0)
-    total = 0
-    first = True
-    while True:
-        attr = sysbpf._BatchAttr(
-            in_batch=0 if first else ct.addressof(token),
-            out_batch=ct.addressof(token),
-            keys=ct.addressof(keys),
-            values=ct.addressof(values),
-            count=chunk,
-            map_fd=table.fd,
-        )
-        try:
-            sysbpf._bpf(sysbpf.BPF_MAP_LOOKUP_BATCH, attr, what=table.name)
-        except BpfSyscallError as e:
-            if e.errno == errno_mod.ENOENT:
-                return total + attr.count, True
-            if e.errno == errno_mod.ENOSPC and attr.count == 0:
-                # one bucket holds more entries than the chunk: grow and retry it
-                chunk *= 2
-                keys = ct.create_string_buffer(table.key_size * chunk)
-                values = ct.create_string_buffer(vsize * chunk)
-                continue
-            raise
-        total += attr.count
-        first = False
-        walked = token.value & 0xFFFF_FFFF
-        if total >= budget and 0 < walked < n_buckets:
-            # a full map can estimate a little over its size; it is not
-            return min(round(total * n_buckets / walked), table.max_entries), False
-
-
-def count_lpm_entries(table: Table) -> int:
-    """Entries of an LPM trie (no batch operations there): a key-only walk.
-
-    Exact; ~4.5 µs a key, so 0.3 s for a full 64k-prefix lpm6 — the most
-    expensive part of a scrape of full maps, and only the daemon writes the
-    trie, so it is rarely anywhere near full.
-    """
-    a = (ct.c_char * table.key_size)()
-    b = (ct.c_char * table.key_size)()
-    cur: ct.Array[ct.c_char] | None = None
-    nxt = a
-    n = 0
-    while sysbpf.next_key(table.fd, cur, nxt):
-        n += 1
-        cur, nxt = nxt, (b if nxt is a else a)
-    return n
 
 
 def read_map_fill(port: MapPort, groups_in_use: int) -> list[MapFill]:

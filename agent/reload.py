@@ -16,7 +16,7 @@ from pathlib import Path
 import structlog
 
 from agent.datapath.apply import apply_policy
-from agent.datapath.port import MapPort
+from agent.datapath.mapport import MapPort
 from agent.policy import LoadResult, load_policy, restart_required
 from agent.policy.compile import CompiledPolicy, compile_policy
 from agent.policy.model import Policy
@@ -69,10 +69,10 @@ class PolicyRuntime:
                 return self._reject(trigger, [f"{self.path}: {b}" for b in blockers], warnings, start)
         try:
             if compiled is None:
-                compiled = compile_policy(new, self.compiled)
+                compiled = compile_policy(new, self.compiled.group_ids if self.compiled else None)
             if self.compiled is not None and compiled.capacity != self.compiled.capacity:
                 raise ValueError("restart required: capacity changed")
-            stats = apply_policy(self.port, compiled, self.compiled)
+            stats = apply_policy(self.port, compiled.desired, self.compiled.desired if self.compiled else None)
         except Exception as e:  # anything the kernel says: the old entries stay (additions came first)
             return self._reject(trigger, [f"{self.path}: cannot apply: {e}"], warnings, start)
         self.policy, self.compiled = new, compiled

@@ -23,8 +23,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from agent.datapath import abi
-from agent.datapath.addrtable import PrefixKey, Record, key_network, prefix_key
+from agent.contract import abi
+from agent.contract.keys import PrefixKey, Record, key_network, prefix_key
 
 VERSION = 1
 FILENAME = "state.json"

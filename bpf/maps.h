@@ -6,6 +6,8 @@
  * FG_PIN_DIR (/sys/fs/bpf/floodguard/v<ABI>); BCC reuses a pinned map when it
  * exists and creates and pins it otherwise. Sizes are -D constants chosen by
  * the daemon from the policy's `capacity` block; a change needs a restart.
+ * The defaults below are agent/contract/capacity.py's (tests/bpf/test_abi.py
+ * checks that they agree).
  */
 #ifndef FLOODGUARD_MAPS_H
 #define FLOODGUARD_MAPS_H
@@ -16,7 +18,7 @@
 #error "FG_PIN_DIR must be set by the loader, e.g. -DFG_PIN_DIR=\"/sys/fs/bpf/floodguard/v1\""
 #endif
 #ifndef FG_MAX_SRC_ENTRIES
-#define FG_MAX_SRC_ENTRIES 262144
+#define FG_MAX_SRC_ENTRIES 262145 /* capacity.prefixes + 1: entry 0 means "none" */
 #endif
 #ifndef FG_MAX_HOSTS4
 #define FG_MAX_HOSTS4 262144
@@ -25,7 +27,7 @@
 #define FG_MAX_PREFIXES6 65536
 #endif
 #ifndef FG_MAX_GROUPS
-#define FG_MAX_GROUPS 1024
+#define FG_MAX_GROUPS 4096
 #endif
 #ifndef FG_MAX_SOURCES4
 #define FG_MAX_SOURCES4 1048576

@@ -23,10 +23,11 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
 
-from agent.datapath import _bpfsys as sysbpf
+from agent.contract.capacity import Capacity
+from agent.datapath import bpfsys as sysbpf
 from agent.datapath import loader
 from agent.datapath.errors import DatapathError
-from agent.datapath.loader import BuildOptions, Capacity
+from agent.datapath.loader import BuildOptions
 
 BPFFS = "/sys/fs/bpf"
 XDP_ACTIONS = {0: "aborted", 1: "drop", 2: "pass", 3: "tx", 4: "redirect"}

@@ -31,8 +31,8 @@ TARGETS = {"tick_ms": 100.0, "time_to_mitigate_p50_s_tick_1s": 1.0, "time_to_mit
 
 def _fill_buckets(port: Any, n: int) -> None:
     """n distinct sources in buckets4 (batch writes straight into the LRU map)."""
-    from agent.datapath import _bpfsys as sysbpf
-    from agent.datapath import abi
+    from agent.contract import abi
+    from agent.datapath import bpfsys as sysbpf
 
     t = port.maps["buckets4"]
     kd = np.dtype(abi.BucketKey4)
@@ -52,8 +52,8 @@ def _fill_buckets(port: Any, n: int) -> None:
 
 def _fill_destinations(port: Any, hosts: int) -> None:
     """Per-destination counters for `hosts` protected hosts, moving a little each call."""
-    from agent.datapath import _bpfsys as sysbpf
-    from agent.datapath import abi
+    from agent.contract import abi
+    from agent.datapath import bpfsys as sysbpf
 
     t = port.maps["dst_stats"]
     kd = np.dtype(abi.DstKey)
@@ -80,8 +80,8 @@ def tick_cost(ticks: int = 20, sources: int = 1_000_000, hosts: int = 100_000) -
     from agent.control.kernel import KernelPort
     from agent.datapath import loader
     from agent.datapath.apply import apply_policy
+    from agent.datapath.mapport import MapPort
     from agent.datapath.maps import Maps
-    from agent.datapath.port import MapPort
     from agent.policy import load_policy_or_raise
     from agent.policy.compile import compile_policy
 
@@ -97,7 +97,7 @@ def tick_cost(ticks: int = 20, sources: int = 1_000_000, hosts: int = 100_000) -
         maps = Maps.from_program(prog)
         port = MapPort(maps)
         try:
-            apply_policy(port, compiled)
+            apply_policy(port, compiled.desired)
             t0 = time.perf_counter()
             _fill_buckets(port, sources)
             fill_s = time.perf_counter() - t0

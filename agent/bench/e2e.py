@@ -119,6 +119,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, Protocol
 
+from agent.contract.clock import NS
 from agent.lab.topology import Lab
 from agent.lab.traffic import DEFAULTS, RECIPES, Flood, LinkCounter, Probe, ProbeStats
 
@@ -163,7 +164,7 @@ class CpuTimes:
             fields = [int(x) for x in f.readline().split()[1:]]
         t = time.monotonic()
         user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
-        tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+        tick = NS // os.sysconf("SC_CLK_TCK")
         return cls(t, (user + nice + system + irq + softirq + steal) * tick, steal * tick)
 
     def __sub__(self, other: CpuTimes) -> CpuTimes:
@@ -353,7 +354,7 @@ class NftIngress:
 
 def _percpu_sum(map_fd: int, key: int) -> int:
     """A per-CPU u64 array's entry ``key``, summed over CPUs."""
-    from agent.datapath import _bpfsys as sysbpf
+    from agent.datapath import bpfsys as sysbpf
 
     ncpu = sysbpf.possible_cpus()
     stride = sysbpf.percpu_value_size(8)
@@ -387,9 +388,10 @@ capacity:
 
 def load_floodguard(stack: contextlib.ExitStack, lab: Lab, pin_dir: str, workdir: str) -> XdpConfig:
     """Build the real program, apply the bench policy the way the daemon does, return its configuration."""
-    from agent.datapath import abi, loader
+    from agent.contract import abi
+    from agent.datapath import loader
+    from agent.datapath.mapport import MapPort
     from agent.datapath.maps import Maps
-    from agent.datapath.port import MapPort
     from agent.policy import load_policy
     from agent.policy.compile import compile_policy
     from agent.reload import PolicyRuntime
@@ -508,7 +510,7 @@ def _ksoftirqd_pids() -> list[int]:
 
 def _tasks_cpu_ns(pids: Sequence[int]) -> int:
     """utime + stime of the given tasks (a task that is gone counts nothing)."""
-    tick = 1_000_000_000 // os.sysconf("SC_CLK_TCK")
+    tick = NS // os.sysconf("SC_CLK_TCK")
     total = 0
     for pid in pids:
         with contextlib.suppress(OSError), open(f"/proc/{pid}/stat") as f:

@@ -15,7 +15,7 @@ import statistics
 import time
 from typing import Any
 
-from agent.datapath import abi
+from agent.contract import abi
 
 MITIGATION_REASONS = (abi.Reason.RULE_DROP, abi.Reason.RULE_RATE_LIMITED, abi.Reason.RATE_LIMITED, abi.Reason.BANNED)
 

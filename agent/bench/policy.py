@@ -73,8 +73,8 @@ def _write_policy(d: Path, deny: list[str], groups: int = 1, per_group: int = 1)
 def _case(name: str, n_deny: int, groups: int, per_group: int, change_pct: float, q: Any) -> None:
     from agent.datapath import loader
     from agent.datapath.apply import apply_policy
+    from agent.datapath.mapport import MapPort
     from agent.datapath.maps import Maps
-    from agent.datapath.port import MapPort
     from agent.policy import load_policy_or_raise
     from agent.policy.compile import compile_policy
 
@@ -95,7 +95,7 @@ def _case(name: str, n_deny: int, groups: int, per_group: int, change_pct: float
             t1 = time.perf_counter()
             compiled = compile_policy(policy)
             t2 = time.perf_counter()
-            apply_policy(port, compiled)
+            apply_policy(port, compiled.desired)
             t3 = time.perf_counter()
             result: dict[str, Any] = {
                 "prefixes": n_deny + groups * per_group,
@@ -110,8 +110,8 @@ def _case(name: str, n_deny: int, groups: int, per_group: int, change_pct: float
                 _write_policy(d, changed, groups, per_group)
                 t4 = time.perf_counter()
                 new_policy = load_policy_or_raise(path)
-                new = compile_policy(new_policy, compiled)
-                stats = apply_policy(port, new, compiled)
+                new = compile_policy(new_policy, compiled.group_ids)
+                stats = apply_policy(port, new.desired, compiled.desired)
                 t5 = time.perf_counter()
                 result = {
                     "prefixes": n_deny,

@@ -39,11 +39,14 @@ from typing import Any
 
 import numpy as np
 
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi, loader
-from agent.datapath.addrtable import AddressTable, PrefixKey, Record
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+from agent.contract.keys import PrefixKey, Record
+from agent.datapath import bpfsys as sysbpf
+from agent.datapath import loader
+from agent.datapath.addrtable import AddressTable
 from agent.datapath.errors import BpfSyscallError, BuildError
-from agent.datapath.loader import BuildOptions, Capacity
+from agent.datapath.loader import BuildOptions
 from agent.datapath.maps import Maps
 
 from . import _util
@@ -287,7 +290,7 @@ def _hits(prog: loader.Program) -> int:
 def _capacity(ps: PrefixSet) -> Capacity:
     n = len(ps.addrs) + 16
     hosts = int((ps.lens > abi.DIR4_BITS).sum()) + 16
-    return Capacity(src_entries=n, hosts4=max(hosts, 1024), prefixes6=1024, groups=16, sources4=1024,
+    return Capacity(prefixes=n - 1, hosts4=max(hosts, 1024), prefixes6=1024, groups=16, sources=1024,
                     sources6=1024, destinations=1024, verified=1024, sample_pages=16)
 
 

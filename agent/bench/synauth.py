@@ -85,8 +85,8 @@ import numpy as np
 import yaml
 
 from agent import log
-from agent.datapath import abi
-from agent.datapath.port import MapPort
+from agent.contract import abi
+from agent.datapath.mapport import MapPort
 from agent.lab.runagent import REPO_POLICY, LabAgent, lab_policy_path
 from agent.lab.topology import Lab, build_lab, run_prefix
 from agent.lab.traffic import (

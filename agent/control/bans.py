@@ -18,12 +18,12 @@ import heapq
 import ipaddress
 from collections.abc import Mapping
 
+from agent.contract.clock import NS
+from agent.contract.keys import IPAddress, IPNetwork
 from agent.policy.model import Mitigation
 
-from .port import IPAddress, IPNetwork
 from .settings import Settings
 
-NS = 1_000_000_000
 #: Offenders not banned again for this long start over at ban_ttl.
 OFFENDER_MEMORY_S = 7 * 86400
 #: The repeat-offender table never holds more than this many prefixes.

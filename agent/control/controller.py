@@ -33,8 +33,10 @@ import numpy as np
 import structlog
 from numpy.typing import NDArray
 
-from agent.datapath.abi import LIMIT_CLASSES, TrafficClass
-from agent.datapath.port import RuleSpec
+from agent.contract.abi import LIMIT_CLASSES, TrafficClass
+from agent.contract.clock import NS
+from agent.contract.keys import IPAddress, IPNetwork
+from agent.contract.specs import RuleSpec
 from agent.policy.compile import CompiledPolicy
 from agent.policy.model import Policy
 
@@ -46,7 +48,7 @@ from .enforce import Changes, Enforcer, Wanted
 from .escalation import Signal, UplinkWatch
 from .hook import HookRunner
 from .mitigate import MAX_CARPET_PREFIXES, RulePlan, next_steps, passed_level, plan_rules, tightened
-from .port import ControlPort, IPAddress, IPNetwork, PacketSample
+from .port import ControlPort, PacketSample
 from .rates import DstRates, GroupRates, RateMeter
 from .samples import AttackSamples, TickSamples
 from .settings import GroupView, Settings
@@ -54,7 +56,6 @@ from .stats import ControlStats, Histogram
 from .target import Target, locate
 from .vectors import MIN_RANGE_SAMPLES, Classification, Vector, classify, top_protocols
 
-NS = 1_000_000_000
 #: A source is clearly abusive above this many times its group's per-source limit.
 ABUSE_FACTOR = 2.0
 #: Packets in a tick before the new-sources counter may call a flood spoofed.

@@ -17,13 +17,12 @@ import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.datapath.abi import MAX_RULES, Origin, RuleAction
-from agent.datapath.port import RuleSpec
+from agent.contract.abi import MAX_RULES, Origin, RuleAction
+from agent.contract.clock import NS
+from agent.contract.specs import ClassLimit, RuleSpec
 
 from .mitigate import limits_syns
-from .port import ClassLimit, ControlPort
-
-NS = 1_000_000_000
+from .port import ControlPort
 
 
 @dataclass

@@ -18,12 +18,13 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.datapath import abi
-from agent.datapath.addrtable import prefix_key
-from agent.datapath.port import MapPort, RuleSpec
-from agent.datapath.rates import make_rate
+from agent.contract import abi
+from agent.contract.keys import IPNetwork, prefix_key
+from agent.contract.rates import make_rate
+from agent.contract.specs import ClassLimit, RuleSpec
+from agent.datapath.mapport import MapPort
 
-from .port import ClassLimit, ControlPort, DstSnapshot, IPNetwork, PacketSample, sample_from_raw
+from .port import ControlPort, DstSnapshot, PacketSample, sample_from_raw
 
 
 def _no_samples() -> Iterable[Any]:

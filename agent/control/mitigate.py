@@ -30,10 +30,9 @@ import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from agent.datapath.abi import RuleAction
-from agent.datapath.port import RuleSpec
+from agent.contract.abi import RuleAction
+from agent.contract.specs import ClassLimit, RuleSpec
 
-from .port import ClassLimit
 from .samples import TCP_KIND_MASK
 from .vectors import TCP_ACK, TCP_SYN, Classification, Vector
 

@@ -3,9 +3,9 @@
 The controller never sees a map, a file descriptor or a ctypes structure.
 It reads cumulative counters and sampled packet headers and writes
 tightened limits, SYN authentication, rules and bans through `ControlPort`.
-The daemon implements the port over ``agent.datapath.port.MapPort``
-(converting with `sample_from_raw` and `DstSnapshot.from_raw`); tests use
-`FakePort`, which keeps everything in memory and records every write.
+The daemon implements the port over ``agent.datapath.mapport.MapPort``
+(agent/control/kernel.py, converting with `sample_from_raw` and
+`DstSnapshot.from_raw`); unit tests use an in-memory fake (tests/unit/fakes.py).
 
 Every write carries an absolute CLOCK_MONOTONIC expiry taken from
 ``now_ns()``, so a dead daemon leaves nothing behind for longer than the
@@ -14,19 +14,16 @@ policy's TTLs.
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.datapath.abi import LIMIT_CLASSES
-from agent.datapath.port import RuleSpec
-
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+from agent.contract.abi import LIMIT_CLASSES
+from agent.contract.keys import HALVES_DTYPE, IPAddress, IPNetwork, address_from_words, address_of, halves
+from agent.contract.specs import ClassLimit, RuleSpec
 
 #: Fields of the per (group, class) counters, in the order of struct fg_group_counter.
 GROUP_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "new_sources")
@@ -57,15 +54,6 @@ class PacketSample:
     monitor: bool = False
     action: int = 2  # XDP_PASS
     ts_ns: int = 0
-
-
-@dataclass(frozen=True, slots=True)
-class ClassLimit:
-    """A per-source limit for one traffic class, in operator units (0 = unlimited)."""
-
-    pps: int
-    bps: int
-    burst: int
 
 
 @dataclass(frozen=True)
@@ -126,15 +114,10 @@ class DstSnapshot:
         struct fg_dst_key keys and struct fg_dst_counter values, one per CPU."""
         if n == 0:
             return cls.empty()
-        kd = np.dtype([("hi", ">u8"), ("lo", ">u8"), ("family", "u1"), ("pad", "u1", 3)])
+        kd = np.dtype([*HALVES_DTYPE, ("family", "u1"), ("pad", "u1", 3)])
         k = np.frombuffer(keys, dtype=kd, count=n)
         fam = k["family"].copy()
-        hi = k["hi"].astype(np.uint64)
-        lo = k["lo"].astype(np.uint64)
-        v4 = fam == 4
-        # IPv4 lives in the first 4 bytes of the 16: the top half of "hi".
-        lo = np.where(v4, hi >> np.uint64(32), lo)
-        hi = np.where(v4, np.uint64(0), hi)
+        hi, lo = halves(fam, k["hi"], k["lo"])
         words = DST_KINDS * LIMIT_CLASSES + 1  # 18 counters, then group and padding
         v = np.frombuffer(values, dtype="<u8", count=n * ncpus * words).reshape(n, ncpus, words)
         counters = v[:, :, : words - 1].sum(axis=1, dtype=np.uint64).reshape(n, DST_KINDS, LIMIT_CLASSES)
@@ -142,23 +125,12 @@ class DstSnapshot:
         return cls(fam, hi, lo, group, counters)
 
 
-def address_of(family: int, value: int) -> IPAddress:
-    """The ``ipaddress`` object of a (family, int) key."""
-    return ipaddress.IPv4Address(value) if family == 4 else ipaddress.IPv6Address(value)
-
-
-def _words_to_address(family: int, words: Sequence[int]) -> IPAddress:
-    # The program stores addresses in network order; ctypes reads each u32 word little-endian.
-    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-    return ipaddress.IPv4Address(raw[:4]) if family == 4 else ipaddress.IPv6Address(raw)
-
-
 def sample_from_raw(raw: Any) -> PacketSample:
     """Convert one ``abi.Sample`` (struct fg_sample) read from the samples ring."""
     fam = int(raw.family)
     return PacketSample(
-        src=_words_to_address(fam, raw.src),
-        dst=_words_to_address(fam, raw.dst),
+        src=address_from_words(fam, raw.src),
+        dst=address_from_words(fam, raw.dst),
         sport=int(raw.sport),
         dport=int(raw.dport),
         group=int(raw.group),
@@ -220,117 +192,3 @@ class ControlPort(Protocol):
     def unban(self, net: IPNetwork) -> None:
         """Remove the AUTO ban of a prefix (other origins' records stay)."""
         ...
-
-
-@dataclass(frozen=True)
-class BanWrite:
-    expires_ns: int
-    monitor: bool
-    reason: str
-
-
-@dataclass
-class FakePort:
-    """An in-memory `ControlPort` for pure-logic tests.
-
-    Tests advance the clock, add traffic to the cumulative counters and queue
-    samples; every write is kept (current state) and logged in ``writes``
-    (history, with the clock at the time of the write).
-    """
-
-    groups: int = 16
-    clock_ns: int = 1_000_000_000_000
-    group_counters: NDArray[np.uint64] = field(init=False)
-    hosts: dict[tuple[int, int], tuple[int, NDArray[np.uint64]]] = field(default_factory=dict)
-    samples: list[PacketSample] = field(default_factory=list)
-    tightened: dict[int, tuple[tuple[ClassLimit, ...], int]] = field(default_factory=dict)
-    syn_auth: dict[int, int] = field(default_factory=dict)
-    rules: list[RuleSpec] = field(default_factory=list)
-    bans: dict[IPNetwork, BanWrite] = field(default_factory=dict)
-    writes: list[tuple[int, str, object]] = field(default_factory=list)
-
-    def __post_init__(self) -> None:
-        self.group_counters = np.zeros((self.groups, LIMIT_CLASSES, len(GROUP_FIELDS)), dtype=np.uint64)
-
-    # --- feeding --------------------------------------------------------------------------------
-
-    def advance(self, seconds: float) -> None:
-        self.clock_ns += round(seconds * 1e9)
-
-    def count_group(
-        self, gid: int, cls: int, packets: int, nbytes: int, dropped: int = 0, dropped_bytes: int = 0,
-        new_sources: int = 0,
-    ) -> None:
-        """Add to the cumulative counters of (gid, cls)."""
-        self.group_counters[gid, cls] += np.array(
-            [packets, nbytes, dropped, dropped_bytes, new_sources], dtype=np.uint64
-        )
-
-    def count_host(self, addr: IPAddress, gid: int, cls: int, packets: int, nbytes: int, dropped: int = 0) -> None:
-        """Add to the cumulative counters of one destination host."""
-        key = (addr.version, int(addr))
-        if key not in self.hosts:
-            self.hosts[key] = (gid, np.zeros((3, LIMIT_CLASSES), dtype=np.uint64))
-        self.hosts[key][1][:, cls] += np.array([packets, nbytes, dropped], dtype=np.uint64)
-
-    def forget_host(self, addr: IPAddress) -> None:
-        """The LRU evicted the host's counters."""
-        self.hosts.pop((addr.version, int(addr)), None)
-
-    # --- ControlPort ------------------------------------------------------------------------------
-
-    def now_ns(self) -> int:
-        return self.clock_ns
-
-    def read_group_stats(self) -> NDArray[np.uint64]:
-        return self.group_counters.copy()
-
-    def read_dst_stats(self) -> DstSnapshot:
-        keys = list(self.hosts)
-        return DstSnapshot.build(keys, [self.hosts[k][0] for k in keys], [self.hosts[k][1] for k in keys])
-
-    def drain_samples(self) -> list[PacketSample]:
-        out, self.samples = self.samples, []
-        return out
-
-    def tighten(self, gid: int, limits: Sequence[ClassLimit], expires_ns: int) -> None:
-        self.tightened[gid] = (tuple(limits), expires_ns)
-        self.writes.append((self.clock_ns, "tighten", (gid, tuple(limits), expires_ns)))
-
-    def relax(self, gid: int) -> None:
-        self.tightened.pop(gid, None)
-        self.writes.append((self.clock_ns, "relax", gid))
-
-    def set_syn_auth(self, gid: int, expires_ns: int | None) -> None:
-        if expires_ns is None:
-            self.syn_auth.pop(gid, None)
-        else:
-            self.syn_auth[gid] = expires_ns
-        self.writes.append((self.clock_ns, "syn_auth", (gid, expires_ns)))
-
-    def set_auto_rules(self, rules: Sequence[RuleSpec]) -> None:
-        self.rules = list(rules)
-        self.writes.append((self.clock_ns, "rules", tuple(rules)))
-
-    def ban(self, net: IPNetwork, expires_ns: int, monitor: bool, reason: str) -> None:
-        self.bans[net] = BanWrite(expires_ns, monitor, reason)
-        self.writes.append((self.clock_ns, "ban", (net, expires_ns, monitor, reason)))
-
-    def unban(self, net: IPNetwork) -> None:
-        self.bans.pop(net, None)
-        self.writes.append((self.clock_ns, "unban", net))
-
-    # --- inspection ---------------------------------------------------------------------------------
-
-    def live_bans(self) -> dict[IPNetwork, BanWrite]:
-        """Bans the kernel would still enforce now."""
-        return {n: b for n, b in self.bans.items() if b.expires_ns > self.clock_ns}
-
-    def written(self, kind: str) -> list[tuple[int, object]]:
-        """(time, payload) of every write of one kind, oldest first."""
-        return [(t, what) for t, k, what in self.writes if k == kind]
-
-
-def _implements_the_port(port: FakePort) -> ControlPort:
-    """Never called: mypy checks here that FakePort is a ControlPort."""
-    return port

@@ -13,7 +13,7 @@ import bisect
 import ipaddress
 from collections.abc import Iterable
 
-from agent.datapath.addrtable import PrefixKey
+from agent.contract.keys import PrefixKey
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.contract.keys import IPAddress, address_of
+
 from .port import (
     D_BYTES,
     D_DROPPED,
@@ -25,8 +27,6 @@ from .port import (
     F_NEW_SOURCES,
     F_PACKETS,
     DstSnapshot,
-    IPAddress,
-    address_of,
 )
 
 Float = NDArray[np.float64]

@@ -21,9 +21,10 @@ from collections import Counter, deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from agent.datapath.abi import Reason
+from agent.contract.abi import Reason
+from agent.contract.keys import IPAddress
 
-from .port import IPAddress, PacketSample
+from .port import PacketSample
 from .sketch import TopK
 
 #: A source needs this many samples in a tick before its rate estimate is trusted.

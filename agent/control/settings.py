@@ -14,12 +14,12 @@ from dataclasses import dataclass
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.datapath.abi import LIMIT_CLASSES
-from agent.datapath.addrtable import PrefixKey, key_network
+from agent.contract.abi import LIMIT_CLASSES
+from agent.contract.keys import PrefixKey, key_network
+from agent.contract.specs import ClassLimit
 from agent.policy.compile import CompiledPolicy
 from agent.policy.model import CLASSES, Detection, Group, Mitigation, Policy, Uplink
 
-from .port import ClassLimit
 from .prefixes import PrefixMatcher
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

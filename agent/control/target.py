@@ -20,8 +20,9 @@ from dataclasses import dataclass, field
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.contract.keys import IPAddress
+
 from .mitigate import MAX_CARPET_PREFIXES
-from .port import IPAddress
 from .rates import DstRates
 from .settings import GroupView, Settings
 

@@ -15,7 +15,7 @@ from collections import Counter
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
-from agent.datapath.abi import TrafficClass
+from agent.contract.abi import TrafficClass
 
 from .port import PacketSample
 from .samples import SampleStats

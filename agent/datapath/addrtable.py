@@ -31,7 +31,6 @@ vectorised path; single bans touch one entry, one host entry, one slot.
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -39,58 +38,24 @@ from typing import Any
 
 import numpy as np
 
-from . import abi
+from agent.contract import abi
+from agent.contract.keys import IPAddress, IPNetwork, PrefixKey, Record, from_words, prefix_key, words
+from agent.contract.keys import bits as family_bits
+
 from .errors import CapacityError
 from .maps import Maps
-
-IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
-IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-PrefixKey = tuple[int, int, int]  # (family 4|6, network as int, prefix length)
-# One origin's record about one prefix: (expires_ns, created_ns, flags, reason_id)
-Record = tuple[int, int, int, int]
 
 _DIR_SLOTS = 1 << abi.DIR4_BITS
 _HOST_BITS = 32 - abi.DIR4_BITS
 _FULL_REPAINT_SLOTS = 1 << 20
 #: Up to this many slots, permanent entries are found by set lookups rather than np.isin.
 _SET_LOOKUP_SLOTS = 1 << 16
-_ENTRY_DTYPE = np.dtype(abi.SrcEntry)
-_RECORD_DTYPE = np.dtype(abi.SrcRecord)
+_ENTRY_DTYPE = abi.SRC_ENTRY_DTYPE
+_RECORD_DTYPE = abi.SRC_RECORD_DTYPE
 
 BAN_KINDS = (abi.SRC_BAN, abi.SRC_BAN_MONITOR)
 ALLOW_KINDS = (abi.SRC_ALLOW, abi.SRC_ALLOW_MONITOR)
 SRC, DST = 0, 1
-
-
-def prefix_key(net: IPNetwork) -> PrefixKey:
-    return (net.version, int(net.network_address), net.prefixlen)
-
-
-def key_network(key: PrefixKey) -> IPNetwork:
-    fam, addr, plen = key
-    if fam == 4:
-        return ipaddress.IPv4Network((addr, plen))
-    return ipaddress.IPv6Network((addr, plen))
-
-
-def _bits(fam: int) -> int:
-    return 32 if fam == 4 else 128
-
-
-def _words(fam: int, addr: int) -> tuple[int, int, int, int]:
-    """An address as the program's 4 x u32 in network order, read as little-endian words."""
-    raw = addr.to_bytes(4 if fam == 4 else 16, "big").ljust(16, b"\0")
-    return (
-        int.from_bytes(raw[0:4], "little"),
-        int.from_bytes(raw[4:8], "little"),
-        int.from_bytes(raw[8:12], "little"),
-        int.from_bytes(raw[12:16], "little"),
-    )
-
-
-def _addr_from_words(fam: int, words: Any) -> int:
-    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-    return int.from_bytes(raw[:4] if fam == 4 else raw, "big")
 
 
 @dataclass(frozen=True)
@@ -194,7 +159,7 @@ class _Lengths:
 
     def covering(self, fam: int, addr: int, max_len: int, min_len: int = 0) -> Iterator[PrefixKey]:
         """Known prefixes covering addr/max_len (itself included), longest first."""
-        bits = _bits(fam)
+        bits = family_bits(fam)
         for length in self.lengths(fam):
             if length > max_len:
                 continue
@@ -208,7 +173,7 @@ class _Lengths:
     def inside(self, key: PrefixKey) -> Iterator[PrefixKey]:
         """Known prefixes strictly inside key."""
         fam, addr, plen = key
-        bits = _bits(fam)
+        bits = family_bits(fam)
         for length in self.lengths(fam):
             if length <= plen:
                 continue
@@ -296,7 +261,7 @@ class AddressTable:
         allows = rows["allow"][used].tolist()
         for i, idx in enumerate(used.tolist()):
             fam = fams[i]
-            key: PrefixKey = (fam, _addr_from_words(fam, addrs[i]), plens[i])
+            key: PrefixKey = (fam, from_words(fam, addrs[i]), plens[i])
             ent = _Entry(idx)
             for o in range(abi.ORIGIN_MAX):
                 b, a = bans[i][o], allows[i][o]
@@ -409,14 +374,14 @@ class AddressTable:
 
     def lookup(self, addr: IPAddress) -> tuple[PrefixKey | None, PrefixKey | None]:
         """Longest source prefix and longest protected prefix covering addr."""
-        fam, a, bits = addr.version, int(addr), _bits(addr.version)
+        fam, a, bits = addr.version, int(addr), family_bits(addr.version)
         src = next(self._src.covering(fam, a, bits), None)
         dst = next(self._dst.covering(fam, a, bits), None)
         return src, dst
 
     def covering_sources(self, addr: IPAddress) -> list[PrefixKey]:
         """Every source prefix covering addr, longest first (for explain)."""
-        return list(self._src.covering(addr.version, int(addr), _bits(addr.version)))
+        return list(self._src.covering(addr.version, int(addr), family_bits(addr.version)))
 
     def effective(self, key: PrefixKey, now: int) -> SrcState:
         return merge(self._covering_records(key), now)
@@ -427,10 +392,10 @@ class AddressTable:
         """Write the whole model, diffing against what the kernel holds."""
         self._host4 = {}
         for k, v in self._host4_t.items():
-            self._host4[_addr_from_words(4, (k.value, 0, 0, 0))] = (int(v.src_entry), int(v.group), int(v.flags))
+            self._host4[from_words(4, (k.value, 0, 0, 0))] = (int(v.src_entry), int(v.group), int(v.flags))
         self._lpm6 = {}
         for k, v in self._lpm6_t.items():
-            self._lpm6[(_addr_from_words(6, k.addr), int(k.prefixlen))] = (
+            self._lpm6[(from_words(6, k.addr), int(k.prefixlen))] = (
                 int(v.src_entry), int(v.group), int(v.flags))
         self._commit(now, full=True)
         self._synced = True
@@ -456,7 +421,7 @@ class AddressTable:
         else:
             touched = {k for k in dirty if k in self.src}
             for key in dirty:
-                if key[2] < _bits(key[0]):
+                if key[2] < family_bits(key[0]):
                     touched.update(self._src.inside(key))
         freed: list[int] = []
         for key in [k for k in touched if self.src[k].empty()]:
@@ -531,7 +496,7 @@ class AddressTable:
         # network order in memory = the host-order value byte-swapped
         addrs[is4, 0] = v4[is4].byteswap()
         for i in np.flatnonzero(~is4).tolist():
-            addrs[i] = _words(6, keys[i][1])
+            addrs[i] = words(6, keys[i][1])
         covered = self._has_ancestor4(v4, plens) & is4
         covered |= ~is4  # IPv6: walk the few v6 lengths in use
         eff_rows: list[tuple[int, int, int, int, int]] = []
@@ -722,22 +687,22 @@ class AddressTable:
             return
         n = len(adds)
         keys = np.fromiter((a for a in adds), dtype=np.uint32, count=n).byteswap()
-        vals = np.zeros(n, dtype=np.dtype(abi.AddrInfo))
+        vals = np.zeros(n, dtype=abi.ADDR_INFO_DTYPE)
         vals["src_entry"] = np.fromiter((v[0] for v in adds.values()), dtype=np.uint32, count=n)
         vals["group"] = np.fromiter((v[1] for v in adds.values()), dtype=np.uint16, count=n)
         vals["flags"] = np.fromiter((v[2] for v in adds.values()), dtype=np.uint8, count=n)
-        from . import _bpfsys
+        from . import bpfsys
 
-        _bpfsys.update_batch(self._host4_t.fd, keys.tobytes(), vals.tobytes(), n)
+        bpfsys.update_batch(self._host4_t.fd, keys.tobytes(), vals.tobytes(), n)
         self._host4.update(adds)
 
     def _delete_host4(self, dels: list[int]) -> None:
         if not dels:
             return
-        from . import _bpfsys
+        from . import bpfsys
 
         keys = np.array(dels, dtype=np.uint32).byteswap()
-        _bpfsys.delete_batch(self._host4_t.fd, keys.tobytes(), len(dels))
+        bpfsys.delete_batch(self._host4_t.fd, keys.tobytes(), len(dels))
         for a in dels:
             self._host4.pop(a, None)
 
@@ -937,7 +902,7 @@ class AddressTable:
     @staticmethod
     def _lpm_key(a: int, p: int) -> abi.Lpm6Key:
         k = abi.Lpm6Key(prefixlen=p)
-        k.addr[:] = _words(6, a)
+        k.addr[:] = words(6, a)
         return k
 
     def _write_lpm6(self, adds: dict[tuple[int, int], tuple[int, int, int]]) -> None:
@@ -960,7 +925,7 @@ class AddressTable:
             a = int(addr)
             slot = int(self._dir[a >> _HOST_BITS])
             if (slot >> 48) & abi.ADDR_HOSTS:
-                got = self._host4_t.get(ct.c_uint32(_words(4, a)[0]))
+                got = self._host4_t.get(ct.c_uint32(words(4, a)[0]))
                 if got is not None:
                     return int(got.src_entry), int(got.group), int(got.flags)
             return slot & 0xFFFFFFFF, (slot >> 32) & 0xFFFF, ((slot >> 48) & 0xFF) & ~abi.ADDR_HOSTS

@@ -1,4 +1,4 @@
-"""Write a compiled policy into the kernel without a gap.
+"""Write a desired state (a compiled policy) into the kernel without a gap.
 
 Only origin "policy" is diffed and rewritten: operator and automatic
 bans are never touched by a policy change. Everything new is written before
@@ -12,10 +12,12 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 
-from . import abi
-from .port import GroupSpec, MapPort
+from agent.contract import abi
+from agent.contract.clock import monotonic_ns
+from agent.contract.desired import DesiredState
+from agent.contract.specs import GroupSpec
 
-NS = 1_000_000_000
+from .mapport import MapPort
 
 
 @dataclass(frozen=True)
@@ -25,33 +27,26 @@ class ApplyStats:
     seconds: float
 
 
-def monotonic_ns() -> int:
-    return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
-
-
-def apply_policy(port: MapPort, compiled: object, previous: object | None = None) -> ApplyStats:
-    """Make the kernel hold `compiled` (an agent.policy.compile.CompiledPolicy)."""
-    from agent.policy.compile import CompiledPolicy
-
-    assert isinstance(compiled, CompiledPolicy)
+def apply_policy(port: MapPort, desired: DesiredState, previous: DesiredState | None = None) -> ApplyStats:
+    """Make the kernel hold ``desired``; ``previous`` (what was applied before) says which groups went away."""
     start = time.monotonic()
     gmax = port.maps["groups"].max_entries
-    for g in compiled.groups:
+    for g in desired.groups:
         if g.gid >= gmax:
             raise ValueError(f"group {g.name} has id {g.gid}, beyond capacity.groups={gmax}")
         port.set_group(g.gid, g.spec)
-    port.write_config(compiled.config)
+    port.write_config(desired.config)
 
     table = port.addresses
-    table.set_destinations(dict(compiled.destinations))
-    table.replace_origin(abi.Origin.POLICY, dict(compiled.bans), dict(compiled.allows))
+    table.set_destinations(dict(desired.destinations))
+    table.replace_origin(abi.Origin.POLICY, dict(desired.bans), dict(desired.allows))
     changed = table.commit(monotonic_ns())
 
-    if isinstance(previous, CompiledPolicy):
-        live = {g.gid for g in compiled.groups}
+    if previous is not None:
+        live = {g.gid for g in desired.groups}
         for g in previous.groups:
             if g.gid not in live:
                 port.set_group(g.gid, GroupSpec())
                 port.relax(g.gid)
                 port.set_syn_auth(g.gid, None)
-    return ApplyStats(prefixes_changed=changed, groups=len(compiled.groups), seconds=time.monotonic() - start)
+    return ApplyStats(prefixes_changed=changed, groups=len(desired.groups), seconds=time.monotonic() - start)

@@ -37,7 +37,7 @@ import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
-from . import _bpfsys as sysbpf
+from . import bpfsys as sysbpf
 from .errors import (
     BpfSyscallError,
     DatapathError,

@@ -22,8 +22,10 @@ from typing import Any
 
 import structlog
 
-from . import _bpfsys as sysbpf
-from . import abi
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+
+from . import bpfsys as sysbpf
 from .errors import (
     BpffsError,
     BuildError,
@@ -53,34 +55,6 @@ def source_dir() -> Path:
         if (candidate / "floodguard.bpf.c").is_file():
             return candidate
     raise BuildError(f"cannot find floodguard.bpf.c next to {here}: the installation is incomplete")
-
-
-@dataclasses.dataclass(frozen=True)
-class Capacity:
-    """Map sizes, fixed for the life of a pinned map set (policy `capacity`)."""
-
-    src_entries: int = 262144
-    hosts4: int = 262144
-    prefixes6: int = 65536
-    groups: int = 1024
-    sources4: int = 1048576
-    sources6: int = 262144
-    destinations: int = 131072
-    verified: int = 262144
-    sample_pages: int = 64
-
-    def defines(self) -> dict[str, int]:
-        return {
-            "FG_MAX_SRC_ENTRIES": self.src_entries,
-            "FG_MAX_HOSTS4": self.hosts4,
-            "FG_MAX_PREFIXES6": self.prefixes6,
-            "FG_MAX_GROUPS": self.groups,
-            "FG_MAX_SOURCES4": self.sources4,
-            "FG_MAX_SOURCES6": self.sources6,
-            "FG_MAX_DSTS": self.destinations,
-            "FG_MAX_VERIFIED": self.verified,
-            "FG_SAMPLE_PAGES": self.sample_pages,
-        }
 
 
 @dataclasses.dataclass(frozen=True)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import ipaddress
 import os
 
-from .addrtable import _words
+from agent.contract.keys import words
 
 _MASK = (1 << 64) - 1
 
@@ -55,15 +55,15 @@ def siphash5(k0: int, k1: int, words: tuple[int, int, int, int, int]) -> int:
 def cookie(key: tuple[int, int], client: str, server: str, cport: int, sport: int) -> int:
     """The acknowledgment number of the challenge sent to client:cport for server:sport."""
     c, s = ipaddress.ip_address(client), ipaddress.ip_address(server)
-    cw, sw = _words(c.version, int(c)), _words(s.version, int(s))
-    words = (
+    cw, sw = words(c.version, int(c)), words(s.version, int(s))
+    message = (
         (cw[0] << 32) | cw[1],
         (cw[2] << 32) | cw[3],
         (sw[0] << 32) | sw[1],
         (sw[2] << 32) | sw[3],
         (cport << 16) | sport,
     )
-    return siphash5(key[0], key[1], words)
+    return siphash5(key[0], key[1], message)
 
 
 def new_key() -> tuple[int, int]:

@@ -28,8 +28,8 @@ import yaml
 
 from agent.api import ClientError, RequestError, call
 from agent.datapath import attach, loader
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import MapPort
 from agent.lab.topology import Lab
 
 REPO_POLICY = Path(__file__).resolve().parents[2] / "etc" / "lab-policy.yaml"
@@ -178,7 +178,7 @@ class LabAgent:
 
     def maps(self) -> Maps:
         """The agent's pinned maps, for reading counters directly (close it after)."""
-        from agent.datapath import abi
+        from agent.contract import abi
 
         return Maps.from_pins(f"{self.pin_root}/v{abi.ABI_VERSION}")
 

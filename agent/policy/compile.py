@@ -1,9 +1,12 @@
-"""Compile a validated Policy into the contents of the program's maps.
+"""Compile a validated Policy into what it wants in the kernel.
 
-Pure: no kernel access. The result says exactly what the policy wants in
+Pure: no kernel access. The result's ``desired`` (an
+agent.contract.desired.DesiredState) says exactly what the policy wants in
 the kernel — run-time settings, per-group limits, protected prefixes, the
 policy's own allow and deny records — and agent/datapath/apply.py writes it,
-diffing against what the kernel holds for origin "policy" only.
+diffing against what the kernel holds for origin "policy" only. Besides it,
+the compiled policy keeps what the control loop needs of the policy: each
+group's model, the infrastructure prefixes and the stable group ids.
 """
 
 from __future__ import annotations
@@ -11,14 +14,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from agent.datapath import abi
-from agent.datapath.addrtable import PrefixKey, Record
-from agent.datapath.loader import Capacity
-from agent.datapath.port import ConfigSpec, GroupSpec
-from agent.datapath.rates import make_rate
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+from agent.contract.clock import NS
+from agent.contract.desired import DesiredGroup, DesiredState
+from agent.contract.keys import PrefixKey, Record
+from agent.contract.rates import make_rate
+from agent.contract.specs import ConfigSpec, GroupSpec
 from agent.policy.model import CLASSES, Group, Limits, Policy
-
-NS = 1_000_000_000
 
 
 @dataclass(frozen=True)
@@ -31,31 +34,33 @@ class CompiledGroup:
 
 @dataclass(frozen=True)
 class CompiledPolicy:
-    config: ConfigSpec
-    capacity: Capacity
+    desired: DesiredState
     groups: tuple[CompiledGroup, ...]  # group 0 first
-    destinations: Mapping[PrefixKey, int]
-    bans: Mapping[PrefixKey, Record]
-    allows: Mapping[PrefixKey, Record]
     infrastructure: tuple[PrefixKey, ...]
     group_ids: Mapping[str, int] = field(default_factory=dict)
 
+    @property
+    def config(self) -> ConfigSpec:
+        return self.desired.config
+
+    @property
+    def capacity(self) -> Capacity:
+        return self.desired.capacity
+
+    @property
+    def destinations(self) -> Mapping[PrefixKey, int]:
+        return self.desired.destinations
+
+    @property
+    def bans(self) -> Mapping[PrefixKey, Record]:
+        return self.desired.bans
+
+    @property
+    def allows(self) -> Mapping[PrefixKey, Record]:
+        return self.desired.allows
+
     def gid(self, name: str) -> int:
         return self.group_ids[name]
-
-
-def capacity_of(policy: Policy) -> Capacity:
-    c = policy.capacity
-    return Capacity(
-        src_entries=c.prefixes + 1,  # entry 0 means "none"
-        hosts4=c.hosts4,
-        prefixes6=c.prefixes6,
-        groups=c.groups,
-        sources4=c.sources,
-        sources6=c.sources6,
-        destinations=c.destinations,
-        verified=c.verified,
-    )
 
 
 def rates_of(limits: Limits) -> list[abi.Rate]:
@@ -87,8 +92,9 @@ def assign_group_ids(policy: Policy, previous: Mapping[str, int] | None) -> dict
     return ids
 
 
-def compile_policy(policy: Policy, previous: CompiledPolicy | None = None) -> CompiledPolicy:
-    ids = assign_group_ids(policy, previous.group_ids if previous else None)
+def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) -> CompiledPolicy:
+    """``previous``: the group ids of the policy in force (or saved before a restart), kept stable."""
+    ids = assign_group_ids(policy, previous)
     challenge = policy.syn_auth.challenge_pps
     groups = [CompiledGroup(0, "default", GroupSpec(base=rates_of(policy.limits)), None)]
     destinations: dict[PrefixKey, int] = {}
@@ -126,13 +132,18 @@ def compile_policy(policy: Policy, previous: CompiledPolicy | None = None) -> Co
         syn_verified_ttl_ns=int(policy.syn_auth.verified_ttl * NS),
     )
     _check_capacity(policy, destinations, bans, allows)
-    return CompiledPolicy(
+    ordered = tuple(sorted(groups, key=lambda c: c.gid))
+    desired = DesiredState(
         config=config,
-        capacity=capacity_of(policy),
-        groups=tuple(sorted(groups, key=lambda c: c.gid)),
+        capacity=policy.capacity.to_capacity(),
+        groups=tuple(DesiredGroup(g.gid, g.name, g.spec) for g in ordered),
         destinations=destinations,
         bans=bans,
         allows=allows,
+    )
+    return CompiledPolicy(
+        desired=desired,
+        groups=ordered,
         infrastructure=tuple((e[0], e[1], e[2]) for e in policy.infrastructure.prefixes),
         group_ids=ids,
     )

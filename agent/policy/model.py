@@ -19,11 +19,14 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from agent.contract.abi import LIMIT_CLASS_NAMES
+from agent.contract.capacity import DEFAULT as CAPACITY
+from agent.contract.capacity import Capacity
 from agent.policy._fields import PrefixEntry, PrefixList, Unit
 from agent.policy._units import parse_pps
 
 #: Traffic classes that have their own per-source limit and detection threshold.
-CLASSES = ("tcp_syn", "tcp_other", "udp", "icmp", "fragment", "other")
+CLASSES = LIMIT_CLASS_NAMES  # index i is abi.TrafficClass i
 
 MAX_PPS = 1_000_000_000
 MAX_BPS = 1_000_000_000_000
@@ -32,7 +35,7 @@ MAX_CAPACITY = 1 << 26
 Pps = Annotated[int, Unit("pps", 1, MAX_PPS)]
 Bps = Annotated[int, Unit("bps", 1, MAX_BPS)]
 Burst = Annotated[int, Unit("count", 1, MAX_PPS)]
-Capacity = Annotated[int, Unit("count", 16, MAX_CAPACITY)]
+MapSize = Annotated[int, Unit("count", 16, MAX_CAPACITY)]
 Prefixes = Annotated[tuple[PrefixEntry, ...], PrefixList()]
 
 Step = Literal["tighten", "rule", "ban"]
@@ -441,20 +444,27 @@ class SynAuth(_Model):
 
 
 class Capacities(_Model):
-    """Map sizes, fixed when the daemon starts: changing one needs a restart."""
+    """Map sizes, fixed when the daemon starts: changing one needs a restart.
 
-    prefixes: Capacity = Field(
-        default=262_144, description="allow + deny + ban prefix entries (IPv4 and IPv6)"
+    Defaults come from agent.contract.capacity, the one place that also
+    sizes the program (and that the ABI test checks against bpf/maps.h).
+    """
+
+    prefixes: MapSize = Field(
+        default=CAPACITY.prefixes, description="allow + deny + ban prefix entries (IPv4 and IPv6)"
     )
-    hosts4: Capacity = Field(default=262_144, description="IPv4 /25../32 entries expanded to hosts")
-    prefixes6: Capacity = Field(default=65_536, description="IPv6 prefix entries")
+    hosts4: MapSize = Field(default=CAPACITY.hosts4, description="IPv4 /25../32 entries expanded to hosts")
+    prefixes6: MapSize = Field(default=CAPACITY.prefixes6, description="IPv6 prefix entries")
     groups: Annotated[int, Unit("count", 2, 65_535)] = Field(
-        default=4096, description="protected groups + 1 (group 0 is everything else)"
+        default=CAPACITY.groups, description="protected groups + 1 (group 0 is everything else)"
     )
-    sources: Capacity = Field(default=1_048_576, description="per-source IPv4 buckets (LRU)")
-    sources6: Capacity = Field(default=262_144, description="per-source IPv6 buckets (LRU)")
-    destinations: Capacity = Field(default=131_072, description="per-destination counters (LRU)")
-    verified: Capacity = Field(default=262_144, description="SYN-authenticated sources (LRU)")
+    sources: MapSize = Field(default=CAPACITY.sources, description="per-source IPv4 buckets (LRU)")
+    sources6: MapSize = Field(default=CAPACITY.sources6, description="per-source IPv6 buckets (LRU)")
+    destinations: MapSize = Field(default=CAPACITY.destinations, description="per-destination counters (LRU)")
+    verified: MapSize = Field(default=CAPACITY.verified, description="SYN-authenticated sources (LRU)")
+
+    def to_capacity(self) -> Capacity:
+        return Capacity(**self.model_dump())
 
 
 class Metrics(_Model):

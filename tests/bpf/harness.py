@@ -15,17 +15,18 @@ from typing import Any
 
 import numpy as np
 
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi
-from agent.datapath.addrtable import prefix_key
-from agent.datapath.loader import Capacity
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+from agent.contract.keys import prefix_key
+from agent.contract.rates import make_rate
+from agent.contract.specs import ConfigSpec, GroupSpec, RuleSpec
+from agent.datapath import bpfsys as sysbpf
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import ConfigSpec, GroupSpec, MapPort, RuleSpec
-from agent.datapath.rates import make_rate
 
 # Small maps: the tests need behaviour, not capacity; the bench uses full sizes.
 TEST_CAPACITY = Capacity(
-    src_entries=4096, hosts4=65536, prefixes6=1024, groups=16, sources4=4096, sources6=1024,
+    prefixes=4_095, hosts4=65536, prefixes6=1024, groups=16, sources=4096, sources6=1024,
     destinations=1024, verified=1024, sample_pages=16,
 )
 

@@ -1,5 +1,6 @@
-"""The ctypes mirror (agent/datapath/abi.py) matches what the compiler made
-of bpf/abi.h: sizes, offsets, constants and enum values.
+"""The ctypes mirror (agent/contract/abi.py) matches what the compiler made
+of bpf/abi.h: sizes, offsets, constants and enum values; and the capacity
+defaults (agent/contract/capacity.py) are the ones bpf/maps.h falls back to.
 
 The assertions are generated from the mirror and compiled by BCC's clang,
 the compiler that builds the program; a mismatch fails the compile and
@@ -12,7 +13,8 @@ import ctypes as ct
 
 import pytest
 
-from agent.datapath import abi, loader
+from agent.contract import abi
+from agent.datapath import loader
 from agent.datapath.maps import MAP_TYPES, Maps
 
 
@@ -54,6 +56,32 @@ def test_mirror_matches_compiled_header() -> None:
     if failed is not None:
         drift = [line for line in "".join(err).splitlines() if "static assertion failed" in line]
         pytest.fail("abi.py and abi.h disagree:\n" + "\n".join(drift or ["".join(err)[-3000:]]))
+
+
+def test_capacity_defaults_are_the_ones_maps_h_falls_back_to() -> None:
+    """maps.h's ``#ifndef FG_X / #define FG_X n`` defaults: the sizes of Capacity() and of the policy's defaults."""
+    import re
+
+    from agent.contract.capacity import Capacity
+    from agent.policy.model import Capacities
+
+    text = (loader.source_dir() / "maps.h").read_text()
+    fallback = {name: int(value) for name, value in re.findall(r"#ifndef (FG_\w+)\n#define \1 (\d+)", text)}
+    assert fallback == Capacity().defines()
+    assert Capacities().to_capacity() == Capacity(), "the policy's capacity defaults are the contract's"
+    assert set(Capacities.model_fields) == {f for f in Capacity.__dataclass_fields__ if f != "sample_pages"}
+
+
+def test_policy_classes_are_the_kernel_classes_in_order() -> None:
+    from agent.policy.model import CLASSES
+
+    assert [abi.TrafficClass[name.upper()] for name in CLASSES] == list(range(abi.LIMIT_CLASSES))
+
+
+def test_every_reason_has_a_fate() -> None:
+    assert set(abi.FATE) == set(abi.Reason)
+    assert abi.Reason.SYN_CHALLENGED in abi.NOT_DELIVERED and abi.Reason.PASSED not in abi.NOT_DELIVERED
+    assert abi.fate(abi.Reason.MALFORMED, malformed_pass=True) is abi.Fate.DELIVERED
 
 
 def test_enough_assertions_are_checked() -> None:

@@ -12,8 +12,9 @@ import random
 
 from harness import Harness, now_ns
 
-from agent.datapath import abi
-from agent.datapath.addrtable import AddressTable, PrefixKey, merge
+from agent.contract import abi
+from agent.contract.keys import PrefixKey
+from agent.datapath.addrtable import AddressTable, merge
 
 ORIGINS = list(abi.Origin)
 

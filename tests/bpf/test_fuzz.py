@@ -19,8 +19,8 @@ from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q
 from scapy.packet import Raw
 
-from agent.datapath import abi
-from agent.datapath.port import RuleSpec
+from agent.contract import abi
+from agent.contract.specs import RuleSpec
 
 PACKETS_PER_PHASE = 20_000
 C = abi.TrafficClass

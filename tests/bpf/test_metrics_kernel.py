@@ -20,11 +20,12 @@ from scapy.layers.l2 import ARP
 from scapy.packet import Raw
 
 from agent import metrics
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi
+from agent.contract import abi
+from agent.contract.specs import RuleSpec
+from agent.datapath import bpfsys as sysbpf
 from agent.datapath.loader import Program
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import MAP_TYPES, Maps
-from agent.datapath.port import MapPort, RuleSpec
 
 C = abi.TrafficClass
 LO = 1  # test-run packets may claim the loopback interface's ifindex
@@ -176,7 +177,7 @@ def test_live_scrape_shows_what_the_program_counted(
     capacity = series(text, "floodguard_map_capacity")
     assert {dict(k)["map"] for k in capacity} == set(MAP_TYPES)
     assert capacity[L(map="src_entries", type="array")] == TEST_CAPACITY.src_entries - 1
-    assert capacity[L(map="buckets4", type="lru_hash")] == TEST_CAPACITY.sources4
+    assert capacity[L(map="buckets4", type="lru_hash")] == TEST_CAPACITY.sources
     assert capacity[L(map="dst_stats", type="lru_percpu_hash")] == TEST_CAPACITY.destinations
     assert capacity[L(map="ifslots", type="array")] == abi.IF_SLOTS - 1
 
@@ -211,7 +212,7 @@ def test_hash_entries_exact_when_small_estimated_when_large(h: Harness) -> None:
     assert abs(est - n) < 0.15 * n, est
     # A byte budget smaller than one chunk still samples at least 64 entries.
     est, exact = metrics.count_hash_entries(t, max_bytes=1)
-    assert not exact and 0 < est < 2 * TEST_CAPACITY.sources4
+    assert not exact and 0 < est < 2 * TEST_CAPACITY.sources
 
 
 def test_lpm_entries_match_a_full_walk(h: Harness) -> None:

@@ -26,8 +26,8 @@ from scapy.layers.inet6 import (
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
 from scapy.packet import Raw
 
-from agent.datapath import abi
-from agent.datapath.port import RuleSpec
+from agent.contract import abi
+from agent.contract.specs import RuleSpec
 
 C = abi.TrafficClass
 SRC4, DST4 = "198.51.100.7", "203.0.113.10"

@@ -17,9 +17,9 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw
 
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi
-from agent.datapath.addrtable import prefix_key
+from agent.contract import abi
+from agent.contract.keys import prefix_key
+from agent.datapath import bpfsys as sysbpf
 from agent.policy.watch import PolicyWatcher
 from agent.reload import PolicyRuntime
 

@@ -13,8 +13,8 @@ from scapy.layers.inet import IP, TCP, UDP
 from scapy.layers.inet6 import IPv6
 from scapy.packet import Raw
 
-from agent.datapath import abi
-from agent.datapath.port import ConfigSpec, RuleSpec
+from agent.contract import abi
+from agent.contract.specs import ConfigSpec, RuleSpec
 
 C = abi.TrafficClass
 PAY = Raw(b"x" * 100)

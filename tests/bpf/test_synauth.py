@@ -11,9 +11,9 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import Dot1Q, Ether
 
-from agent.datapath import abi
-from agent.datapath.port import ConfigSpec, GroupSpec
-from agent.datapath.rates import make_rate
+from agent.contract import abi
+from agent.contract.rates import make_rate
+from agent.contract.specs import ConfigSpec, GroupSpec
 from agent.datapath.synauth import cookie
 
 C = abi.TrafficClass

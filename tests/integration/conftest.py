@@ -15,11 +15,12 @@ from collections.abc import Iterator
 import pytest
 from wire import Track, Traffic, build_program, now_ns
 
+from agent.contract.specs import ConfigSpec
 from agent.datapath import attach, loader
 from agent.datapath.errors import DatapathError
 from agent.datapath.loader import Program
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import ConfigSpec, MapPort
 from agent.lab.topology import VethPair
 
 # =====================================================================================

@@ -22,9 +22,9 @@ from bcc import BPF
 from pyroute2 import IPRoute
 from wire import Sent, Track, Traffic, ban, build_program
 
-from agent.datapath import _bpfsys as sysbpf
-from agent.datapath import abi
+from agent.contract import abi
 from agent.datapath import attach as attach_mod
+from agent.datapath import bpfsys as sysbpf
 from agent.datapath.attach import (
     XDP_FLAGS_DRV_MODE,
     XDP_FLAGS_REPLACE,
@@ -43,8 +43,8 @@ from agent.datapath.errors import (
     UnknownInterfaceError,
 )
 from agent.datapath.loader import Program
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import MapPort
 from agent.lab.topology import VethPair
 
 BANNED = "192.0.2.66"

@@ -19,9 +19,10 @@ import pytest
 from agent_proc import AgentProc
 from wire import Traffic, ban, build_program
 
-from agent.datapath import abi, attach, loader
+from agent.contract import abi
+from agent.datapath import attach, loader
+from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
-from agent.datapath.port import MapPort
 from agent.lab.topology import VethPair
 
 BANNED = "192.0.2.66"

@@ -18,10 +18,10 @@ import numpy as np
 import pytest
 from wire import Sent, Track, Traffic, ban, udp_stats
 
-from agent.datapath import abi
+from agent.contract import abi
 from agent.datapath.attach import XdpMode, attach, xdp_state
 from agent.datapath.loader import Program
-from agent.datapath.port import MapPort
+from agent.datapath.mapport import MapPort
 from agent.lab.topology import VethPair
 
 SLOT = 1

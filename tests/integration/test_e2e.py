@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 
-from agent.datapath import abi
+from agent.contract import abi
 from agent.lab.runagent import LabAgent
 from agent.lab.scenarios import SCENARIOS, run_scenario
 from agent.lab.topology import Lab, build_lab

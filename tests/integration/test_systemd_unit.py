@@ -174,12 +174,14 @@ def unit_capabilities() -> list[str]:
 # with a reduced bounding set; prints OK/FAIL per step and stops at the first failure.
 PROBE = r"""
 import os, socket, sys
+from agent.contract.capacity import Capacity
 from agent.datapath import attach, loader
 from agent.datapath.maps import Maps
-from agent.datapath.port import ConfigSpec, MapPort
+from agent.contract.specs import ConfigSpec
+from agent.datapath.mapport import MapPort
 
 ifname, pin_dir, gid, sock_dir = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-cap = loader.Capacity(src_entries=64, hosts4=64, prefixes6=64, groups=4, sources4=64, sources6=64,
+cap = Capacity(prefixes=63, hosts4=64, prefixes6=64, groups=4, sources=64, sources6=64,
                       destinations=64, verified=64, sample_pages=1)
 options = loader.BuildOptions(pin_dir=pin_dir, capacity=cap)
 

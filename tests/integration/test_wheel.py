@@ -16,10 +16,11 @@ PROBE = """
 import os, sys
 import agent
 from agent.datapath import loader
+from agent.contract.capacity import Capacity
 src = loader.source_dir()
 assert str(src).startswith(sys.prefix), (src, sys.prefix)
 pin = "/sys/fs/bpf/fgtest-wheel-%d" % os.getpid()
-cap = loader.Capacity(src_entries=64, hosts4=64, prefixes6=64, groups=4, sources4=64, sources6=64,
+cap = Capacity(prefixes=63, hosts4=64, prefixes6=64, groups=4, sources=64, sources6=64,
                       destinations=64, verified=64, sample_pages=1)
 try:
     p = loader.build(loader.BuildOptions(pin_dir=pin, capacity=cap))

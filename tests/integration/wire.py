@@ -15,19 +15,21 @@ from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from agent.datapath import abi, loader
-from agent.datapath.addrtable import prefix_key
-from agent.datapath.loader import BuildOptions, Capacity, Program
-from agent.datapath.port import MapPort
+from agent.contract import abi
+from agent.contract.capacity import Capacity
+from agent.contract.keys import prefix_key
+from agent.datapath import loader
+from agent.datapath.loader import BuildOptions, Program
+from agent.datapath.mapport import MapPort
 from agent.lab.topology import VethPair
 
 # Small maps: these tests need behaviour, not capacity.
 TEST_CAPACITY = Capacity(
-    src_entries=4096,
+    prefixes=4_095,
     hosts4=4096,
     prefixes6=1024,
     groups=16,
-    sources4=4096,
+    sources=4096,
     sources6=1024,
     destinations=1024,
     verified=1024,

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import pytest
+from synthetic import lab
 
+from agent.contract.keys import prefix_key
 from agent.control.bans import MAX_OFFENDERS, OFFENDER_MEMORY_S, BanBook, ban_prefix, why_not_ban
 from agent.control.prefixes import PrefixMatcher
 from agent.control.settings import Settings
-from agent.control.synthetic import lab
-from agent.datapath.addrtable import prefix_key
 from agent.policy.compile import compile_policy
 from agent.policy.model import Mitigation
 

@@ -13,13 +13,13 @@ import itertools
 import json
 from typing import Any
 
+from fakes import FakePort
 from structlog.testing import capture_logs
+from synthetic import Flow, Scenario, lab, lab_data, with_group
 
+from agent.contract.abi import Origin, RuleAction, TrafficClass
+from agent.contract.specs import ClassLimit, RuleSpec
 from agent.control.mitigate import limits_syns
-from agent.control.port import ClassLimit, FakePort
-from agent.control.synthetic import Flow, Scenario, lab, lab_data, with_group
-from agent.datapath.abi import Origin, RuleAction, TrafficClass
-from agent.datapath.port import RuleSpec
 from agent.policy.model import Policy
 
 NS = 1_000_000_000

@@ -13,10 +13,10 @@ from typing import Any
 import numpy as np
 import pytest
 from structlog.testing import capture_logs
+from synthetic import Flow, Scenario, noisy
 
+from agent.contract.abi import TrafficClass
 from agent.control.detect import Detector, Limits, Signals
-from agent.control.synthetic import Flow, Scenario, noisy
-from agent.datapath.abi import TrafficClass
 from agent.policy.model import Policy
 
 HOST = ipaddress.ip_address("203.0.113.5")

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import ipaddress
 
+from fakes import FakePort
+
+from agent.contract.abi import Origin, RuleAction
+from agent.contract.specs import ClassLimit, RuleSpec
 from agent.control.enforce import Enforcer, Wanted
-from agent.control.port import ClassLimit, FakePort
-from agent.datapath.abi import Origin, RuleAction
-from agent.datapath.port import RuleSpec
 
 NS = 1_000_000_000
 TTL = 10.0

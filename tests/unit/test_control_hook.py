@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 from structlog.testing import capture_logs
+from synthetic import Flow, Scenario, lab_data
 
+from agent.contract.abi import TrafficClass
 from agent.control.hook import HookRunner
-from agent.control.synthetic import Flow, Scenario, lab_data
-from agent.datapath.abi import TrafficClass
 from agent.policy.model import Policy
 
 WEB = ipaddress.ip_address("203.0.113.10")

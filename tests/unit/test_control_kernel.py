@@ -11,12 +11,11 @@ from typing import Any
 
 import numpy as np
 
+from agent.contract import abi
+from agent.contract.keys import words
+from agent.contract.rates import describe
+from agent.contract.specs import ClassLimit, RuleSpec
 from agent.control.kernel import KernelPort
-from agent.control.port import ClassLimit
-from agent.datapath import abi
-from agent.datapath.addrtable import _words
-from agent.datapath.port import RuleSpec
-from agent.datapath.rates import describe
 
 
 class Table:
@@ -55,7 +54,7 @@ class MapPortStandIn:
 
 def stand_in() -> MapPortStandIn:
     key = abi.DstKey()
-    key.addr[:] = _words(4, int(ipaddress.ip_address("203.0.113.9")))
+    key.addr[:] = words(4, int(ipaddress.ip_address("203.0.113.9")))
     key.family = 4
     value = abi.DstCounter()
     value.packets[2], value.group = 5, 1
@@ -65,7 +64,7 @@ def stand_in() -> MapPortStandIn:
 def test_reads_become_arrays_and_samples() -> None:
     raw = abi.Sample()
     raw.family, raw.cls = 4, abi.TrafficClass.UDP
-    raw.src[:] = _words(4, int(ipaddress.ip_address("198.18.0.1")))
+    raw.src[:] = words(4, int(ipaddress.ip_address("198.18.0.1")))
     port = KernelPort(stand_in(), drain=lambda: [raw])  # type: ignore[arg-type]
     snap = port.read_dst_stats()
     assert snap.address(0) == ipaddress.ip_address("203.0.113.9") and int(snap.counters[0, 0, 2]) == 5

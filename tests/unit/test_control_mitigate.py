@@ -7,11 +7,10 @@ import itertools
 
 import pytest
 
+from agent.contract.abi import RuleAction
+from agent.contract.specs import ClassLimit, RuleSpec
 from agent.control.mitigate import limits_syns, next_steps, passed_level, plan_rules, tightened
-from agent.control.port import ClassLimit
 from agent.control.vectors import Classification, Vector
-from agent.datapath.abi import RuleAction
-from agent.datapath.port import RuleSpec
 
 HOST4 = ipaddress.ip_network("203.0.113.5/32")
 HOST6 = ipaddress.ip_network("2001:db8:5::5/128")

@@ -15,11 +15,12 @@ import time
 
 import numpy as np
 import pytest
+from fakes import FakePort
 from structlog.testing import capture_logs
 
+from agent.contract.abi import LIMIT_CLASSES, TrafficClass
 from agent.control.controller import Controller
-from agent.control.port import DST_KINDS, DstSnapshot, FakePort, PacketSample
-from agent.datapath.abi import LIMIT_CLASSES, TrafficClass
+from agent.control.port import DST_KINDS, DstSnapshot, PacketSample
 from agent.policy.compile import compile_policy
 from agent.policy.model import Policy
 

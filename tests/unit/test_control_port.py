@@ -6,11 +6,12 @@ import ctypes as ct
 import ipaddress
 
 import numpy as np
+from fakes import FakePort
 
-from agent.control.port import ClassLimit, DstSnapshot, FakePort, PacketSample, sample_from_raw
-from agent.datapath import abi
-from agent.datapath.addrtable import _words
-from agent.datapath.port import RuleSpec
+from agent.contract import abi
+from agent.contract.keys import words
+from agent.contract.specs import ClassLimit, RuleSpec
+from agent.control.port import DstSnapshot, PacketSample, sample_from_raw
 
 V4 = ipaddress.ip_address("203.0.113.7")
 V6 = ipaddress.ip_address("2001:db8:5::1:2")
@@ -18,7 +19,7 @@ V6 = ipaddress.ip_address("2001:db8:5::1:2")
 
 def _key(addr: ipaddress.IPv4Address | ipaddress.IPv6Address) -> abi.DstKey:
     k = abi.DstKey()
-    k.addr[:] = _words(addr.version, int(addr))
+    k.addr[:] = words(addr.version, int(addr))
     k.family = addr.version
     return k
 
@@ -56,8 +57,8 @@ def test_dst_snapshot_from_the_mapports_dict_matches_from_raw() -> None:
 
 def test_sample_from_the_ring_buffer_structure() -> None:
     s = abi.Sample()
-    s.src[:] = _words(6, int(V6))
-    s.dst[:] = _words(6, int(ipaddress.ip_address("2001:db8:5::80")))
+    s.src[:] = words(6, int(V6))
+    s.dst[:] = words(6, int(ipaddress.ip_address("2001:db8:5::80")))
     s.family, s.proto, s.cls, s.sport, s.dport, s.group, s.len = 6, 17, abi.TrafficClass.UDP, 123, 4444, 2, 490
     s.reason, s.tcp_flags, s.monitor, s.action, s.ts = abi.Reason.RULE_DROP, 0, 1, abi.XDP_PASS, 77
     got = sample_from_raw(s)
@@ -67,7 +68,7 @@ def test_sample_from_the_ring_buffer_structure() -> None:
         ts_ns=77,
     )
     s4 = abi.Sample()
-    s4.src[:] = _words(4, int(V4))
+    s4.src[:] = words(4, int(V4))
     s4.family = 4
     assert sample_from_raw(s4).src == V4
 

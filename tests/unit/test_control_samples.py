@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import ipaddress
 
+from agent.contract.abi import Reason, TrafficClass
 from agent.control.port import PacketSample
 from agent.control.samples import MIN_SOURCE_SAMPLES, MIN_SPOOF_SAMPLES, AttackSamples, TickSamples
 from agent.control.sketch import TopK
-from agent.datapath.abi import Reason, TrafficClass
 
 DST = ipaddress.ip_address("203.0.113.5")
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 import ipaddress
 
 import numpy as np
+from synthetic import lab_data
 
+from agent.contract.abi import LIMIT_CLASSES, TrafficClass
 from agent.control.rates import DstRates
 from agent.control.settings import Settings
-from agent.control.synthetic import lab_data
 from agent.control.target import locate
-from agent.datapath.abi import LIMIT_CLASSES, TrafficClass
 from agent.policy.compile import compile_policy
 from agent.policy.model import Policy
 

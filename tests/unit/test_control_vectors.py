@@ -6,9 +6,9 @@ import ipaddress
 
 import pytest
 
+from agent.contract.abi import TrafficClass
 from agent.control.port import PacketSample
 from agent.control.vectors import REFLECTION_PORTS, Classification, Vector, class_vector, classify, top_protocols
-from agent.datapath.abi import TrafficClass
 
 DST = ipaddress.ip_address("203.0.113.5")
 

@@ -23,9 +23,9 @@ from prometheus_client.parser import text_string_to_metric_families
 from structlog.testing import capture_logs
 
 from agent import metrics
-from agent.datapath import abi
+from agent.contract import abi
 from agent.datapath.errors import BpfSyscallError
-from agent.datapath.port import MapPort
+from agent.datapath.mapport import MapPort
 
 REPO = Path(__file__).resolve().parents[2]
 R, C = abi.Reason, abi.TrafficClass

@@ -18,12 +18,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from agent.datapath.abi import RuleAction, TrafficClass
+from fakes import FakePort
+
+from agent.contract.abi import RuleAction, TrafficClass
+from agent.contract.keys import IPAddress
+from agent.contract.specs import ClassLimit
+from agent.control.controller import Controller, TickReport
+from agent.control.port import PacketSample
 from agent.policy.compile import compile_policy
 from agent.policy.model import Policy
-
-from .controller import Controller, TickReport
-from .port import ClassLimit, FakePort, IPAddress, PacketSample
 
 Rate = float | Callable[[float], float]
 

@@ -3,12 +3,19 @@
 Every structure, constant and enum here has a twin in bpf/abi.h.
 tests/bpf/test_abi.py compiles static assertions generated from this module
 with the same compiler that builds the program, so the two cannot drift.
+Besides the mirror: what each verdict reason does to a packet
+(:data:`FATE`), the numpy dtypes of the structures read in bulk, and the
+traffic classes' names as the policy spells them.
 """
 
 from __future__ import annotations
 
 import ctypes as ct
 import enum
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 ABI_VERSION = 1
 
@@ -67,6 +74,46 @@ class Reason(enum.IntEnum):
 REASON_MAX = len(Reason)
 
 
+class Fate(enum.Enum):
+    """What a verdict did to the packet."""
+
+    DELIVERED = "delivered"  # passed on to the stack
+    DROPPED = "dropped"  # discarded
+    ANSWERED = "answered"  # answered from XDP instead (a SYN challenge): the stack never sees it
+    CONSUMED = "consumed"  # the answer to a challenge, used up by the program
+
+
+#: The one table of what each reason means; counters, metrics, the demo and the
+#: benches all read it. MALFORMED is DROPPED unless the policy says ``malformed: pass``.
+FATE: Mapping[Reason, Fate] = {
+    Reason.PASSED: Fate.DELIVERED,
+    Reason.NON_IP: Fate.DELIVERED,
+    Reason.ALLOWLISTED: Fate.DELIVERED,
+    Reason.BANNED: Fate.DROPPED,
+    Reason.RULE_DROP: Fate.DROPPED,
+    Reason.RULE_RATE_LIMITED: Fate.DROPPED,
+    Reason.RATE_LIMITED: Fate.DROPPED,
+    Reason.MALFORMED: Fate.DROPPED,
+    Reason.SYN_CHALLENGED: Fate.ANSWERED,
+    Reason.SYN_CHALLENGE_LIMITED: Fate.DROPPED,
+    Reason.SYN_VERIFIED: Fate.CONSUMED,
+    Reason.SYN_AUTH_FAILED: Fate.DROPPED,
+}
+#: Reasons that discard the packet (the metrics' "dropped", the alert rules' regular expression).
+DROPPING = frozenset(r for r, f in FATE.items() if f is Fate.DROPPED)
+#: Reasons whose packet does not reach the stack: what the program counts as dropped per group
+#: and destination (its ``action != XDP_PASS``), when not under monitor.
+NOT_DELIVERED = frozenset(r for r, f in FATE.items() if f is not Fate.DELIVERED)
+
+
+def fate(reason: Reason | int, *, malformed_pass: bool = False) -> Fate:
+    """What a verdict with this reason did to its packet (not under monitor)."""
+    r = Reason(reason)
+    if r is Reason.MALFORMED and malformed_pass:
+        return Fate.DELIVERED
+    return FATE[r]
+
+
 class TrafficClass(enum.IntEnum):
     """Traffic classes (enum fg_class)."""
 
@@ -85,6 +132,9 @@ class TrafficClass(enum.IntEnum):
 
 CLASS_MAX = len(TrafficClass)
 LIMIT_CLASS_LIST = [c for c in TrafficClass if c < LIMIT_CLASSES]
+#: The classes with per-source limits, by the names the policy uses (``limits.tcp_syn``, ...), in
+#: enum order: index i of every per-class array is class i.
+LIMIT_CLASS_NAMES: tuple[str, ...] = tuple(c.label for c in LIMIT_CLASS_LIST)
 
 
 class Origin(enum.IntEnum):
@@ -290,6 +340,17 @@ class Lpm6Key(ct.Structure):
     """Key of the lpm6 trie (maps.h: struct fg_lpm6_key)."""
 
     _fields_ = [("prefixlen", u32), ("addr", Addr)]
+
+
+def dtype_of(struct: type[ct.Structure]) -> np.dtype[Any]:
+    """The numpy dtype of a mirrored structure (same size, offsets and field names)."""
+    return np.dtype(struct)
+
+
+#: dtypes of the structures the agent reads and writes in bulk (mmap'd arrays, batch reads).
+SRC_ENTRY_DTYPE = dtype_of(SrcEntry)
+SRC_RECORD_DTYPE = dtype_of(SrcRecord)
+ADDR_INFO_DTYPE = dtype_of(AddrInfo)
 
 
 # C name of each mirrored struct, for the layout test. ctypes field names that

@@ -8,68 +8,18 @@ BPF and integration tests use the real one.
 from __future__ import annotations
 
 import ctypes as ct
-import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 
 import numpy as np
 from numpy.typing import NDArray
 
-from . import _bpfsys as sysbpf
-from . import abi
-from .addrtable import AddressTable, _words
+from agent.contract import abi
+from agent.contract.keys import from_words, mask_words, words
+from agent.contract.rates import make_rate
+from agent.contract.specs import ConfigSpec, GroupSpec, RuleSpec
+
+from .addrtable import AddressTable
 from .maps import Maps
-from .rates import make_rate
-
-
-@dataclass(frozen=True)
-class ConfigSpec:
-    """Run-time settings (struct fg_config)."""
-
-    monitor: bool = False
-    malformed_pass: bool = False
-    syn_learn: bool = False
-    sample_every: int = 0
-    v6_bucket_len: int = 64
-    syn_verified_ttl_ns: int = 600 * 1_000_000_000
-
-
-@dataclass(frozen=True)
-class RuleSpec:
-    """A mitigation rule (struct fg_rule), in operator terms."""
-
-    dst: ipaddress.IPv4Network | ipaddress.IPv6Network
-    proto: int = 0
-    sport: tuple[int, int] = (0, 65535)
-    dport: tuple[int, int] = (0, 65535)
-    tcp_flags_mask: int = 0
-    tcp_flags_value: int = 0
-    action: abi.RuleAction = abi.RuleAction.DROP
-    pps: int = 0
-    bps: int = 0
-    burst: int = 0
-    expires_ns: int = 0
-    origin: abi.Origin = abi.Origin.AUTO
-    monitor: bool = False
-    rule_id: int = 0
-    group: int = 0
-
-
-@dataclass(frozen=True)
-class GroupSpec:
-    """A protected group's settings (struct fg_group), limits per class."""
-
-    base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
-    monitor: bool = False
-    syn_always: bool = False
-    syn_learn: bool = False  # SYN auth configured: learn verified sources in calm times
-    challenge_pps: int = 0
-
-
-def _mask_words(fam: int, plen: int) -> tuple[int, int, int, int]:
-    bits = 32 if fam == 4 else 128
-    m = ((1 << plen) - 1) << (bits - plen) if plen else 0
-    return _words(fam, m)
 
 
 class MapPort:
@@ -101,7 +51,7 @@ class MapPort:
         c.sample_every = spec.sample_every
         c.n_rules = cur.n_rules
         c.v6_bucket_len = spec.v6_bucket_len
-        c.v6_bucket_mask[:] = _mask_words(6, spec.v6_bucket_len)
+        c.v6_bucket_mask[:] = mask_words(6, spec.v6_bucket_len)
         self._generation = max(self._generation, int(cur.generation)) + 1
         c.generation = self._generation
         c.syn_verified_ttl_ns = spec.syn_verified_ttl_ns
@@ -202,8 +152,8 @@ class MapPort:
         fam = spec.dst.version
         r = abi.Rule()
         r.expires = spec.expires_ns
-        r.dst[:] = _words(fam, int(spec.dst.network_address))
-        r.dst_mask[:] = _mask_words(fam, spec.dst.prefixlen)
+        r.dst[:] = words(fam, int(spec.dst.network_address))
+        r.dst_mask[:] = mask_words(fam, spec.dst.prefixlen)
         r.family = fam
         r.dst_len = spec.dst.prefixlen
         r.proto = spec.proto
@@ -250,7 +200,7 @@ class MapPort:
         out: dict[tuple[int, int], abi.DstCounter] = {}
         for k, v in self.maps["dst_stats"].items():
             fam = int(k.family)
-            out[(fam, _addr_int(fam, k.addr))] = v
+            out[(fam, from_words(fam, k.addr))] = v
         return out
 
     def read_rule_stats(self) -> list[tuple[int, int]]:
@@ -265,9 +215,4 @@ class MapPort:
         return n
 
 
-def _addr_int(fam: int, words: ct.Array) -> int:  # type: ignore[type-arg]
-    raw = b"".join(int(w).to_bytes(4, "little") for w in words)
-    return int.from_bytes(raw[:4] if fam == 4 else raw, "big")
-
-
-__all__ = ["ConfigSpec", "GroupSpec", "MapPort", "RuleSpec", "sysbpf"]
+__all__ = ["MapPort"]

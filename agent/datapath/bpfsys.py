@@ -101,7 +101,7 @@ class _InfoAttr(ct.Structure):
     _fields_ = [("bpf_fd", ct.c_uint32), ("info_len", ct.c_uint32), ("info", ct.c_uint64)]
 
 
-class _BatchAttr(ct.Structure):
+class BatchAttr(ct.Structure):
     _fields_ = [
         ("in_batch", ct.c_uint64),
         ("out_batch", ct.c_uint64),
@@ -160,7 +160,7 @@ def _sys_bpf() -> int:
     return _SYS_BPF[machine]
 
 
-def _bpf(cmd: int, attr: ct.Structure, *, what: str = "") -> int:
+def bpf(cmd: int, attr: ct.Structure, *, what: str = "") -> int:
     rc: int = _libc().syscall(_sys_bpf(), ct.c_int(cmd), ct.byref(attr), ct.c_uint(ct.sizeof(attr)))
     if rc < 0:
         err = ct.get_errno()
@@ -190,31 +190,31 @@ def percpu_value_size(size: int) -> int:
 
 def obj_pin(fd: int, path: str) -> None:
     p = ct.create_string_buffer(path.encode())
-    _bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ct.addressof(p), bpf_fd=fd), what=path)
+    bpf(BPF_OBJ_PIN, _ObjAttr(pathname=ct.addressof(p), bpf_fd=fd), what=path)
 
 
 def obj_get(path: str) -> int:
     p = ct.create_string_buffer(path.encode())
-    return _bpf(BPF_OBJ_GET, _ObjAttr(pathname=ct.addressof(p)), what=path)
+    return bpf(BPF_OBJ_GET, _ObjAttr(pathname=ct.addressof(p)), what=path)
 
 
 def prog_fd_by_id(prog_id: int) -> int:
-    return _bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id), what=f"program id {prog_id}")
+    return bpf(BPF_PROG_GET_FD_BY_ID, _IdAttr(id=prog_id), what=f"program id {prog_id}")
 
 
 def map_fd_by_id(map_id: int) -> int:
-    return _bpf(BPF_MAP_GET_FD_BY_ID, _IdAttr(id=map_id), what=f"map id {map_id}")
+    return bpf(BPF_MAP_GET_FD_BY_ID, _IdAttr(id=map_id), what=f"map id {map_id}")
 
 
 def prog_info(fd: int) -> ProgInfo:
     info = ProgInfo()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
     return info
 
 
 def map_info(fd: int) -> MapInfo:
     info = MapInfo()
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
     return info
 
 
@@ -223,7 +223,7 @@ def prog_map_ids(fd: int) -> list[int]:
     n = prog_info(fd).nr_map_ids
     ids = (ct.c_uint32 * max(n, 1))()
     info = ProgInfo(nr_map_ids=n, map_ids=ct.addressof(ids))
-    _bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, _InfoAttr(bpf_fd=fd, info_len=ct.sizeof(info), info=ct.addressof(info)))
     return list(ids[:n])
 
 
@@ -234,7 +234,7 @@ def map_lookup(fd: int, key: Any, value: Any) -> bool:
     """Read one element into `value`; False when the key is absent."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value))
     try:
-        _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+        bpf(BPF_MAP_LOOKUP_ELEM, attr)
     except BpfSyscallError as e:
         if e.errno == errno_mod.ENOENT:
             return False
@@ -244,14 +244,14 @@ def map_lookup(fd: int, key: Any, value: Any) -> bool:
 
 def map_update(fd: int, key: Any, value: Any, flags: int = BPF_ANY) -> None:
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key), value=ct.addressof(value), flags=flags)
-    _bpf(BPF_MAP_UPDATE_ELEM, attr)
+    bpf(BPF_MAP_UPDATE_ELEM, attr)
 
 
 def map_delete(fd: int, key: Any) -> bool:
     """Delete one element; False when it was absent."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key))
     try:
-        _bpf(BPF_MAP_DELETE_ELEM, attr)
+        bpf(BPF_MAP_DELETE_ELEM, attr)
     except BpfSyscallError as e:
         if e.errno == errno_mod.ENOENT:
             return False
@@ -281,7 +281,7 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> t
     total = 0
     first = True
     while total < cap:
-        attr = _BatchAttr(
+        attr = BatchAttr(
             in_batch=0 if first else ct.addressof(batch),
             out_batch=ct.addressof(batch),
             keys=kbase + total * key_size,
@@ -291,7 +291,7 @@ def lookup_batch(fd: int, key_size: int, value_size: int, max_entries: int) -> t
         )
         done = False
         try:
-            _bpf(BPF_MAP_LOOKUP_BATCH, attr)
+            bpf(BPF_MAP_LOOKUP_BATCH, attr)
         except BpfSyscallError as e:
             if e.errno != errno_mod.ENOENT:
                 raise
@@ -307,7 +307,7 @@ def next_key(fd: int, key: Any, out: Any) -> bool:
     """Fill `out` with the key after `key` (None: the first); False at the end."""
     attr = _ElemAttr(map_fd=fd, key=ct.addressof(key) if key is not None else 0, value=ct.addressof(out))
     try:
-        _bpf(BPF_MAP_GET_NEXT_KEY, attr)
+        bpf(BPF_MAP_GET_NEXT_KEY, attr)
     except BpfSyscallError as e:
         if e.errno == errno_mod.ENOENT:
             return False
@@ -327,7 +327,7 @@ def lookup_iter(fd: int, key_size: int, value_size: int) -> tuple[memoryview, me
         k = (ct.c_char * key_size).from_buffer_copy(nxt)
         attr = _ElemAttr(map_fd=fd, key=ct.addressof(k), value=ct.addressof(val))
         try:
-            _bpf(BPF_MAP_LOOKUP_ELEM, attr)
+            bpf(BPF_MAP_LOOKUP_ELEM, attr)
         except BpfSyscallError as e:
             if e.errno != errno_mod.ENOENT:
                 raise
@@ -350,13 +350,13 @@ def update_batch(fd: int, keys: bytes | bytearray, values: bytes | bytearray, co
     vbuf = ct.create_string_buffer(bytes(values), len(values))
     for start in range(0, count, step):
         n = min(step, count - start)
-        attr = _BatchAttr(
+        attr = BatchAttr(
             keys=ct.addressof(kbuf) + start * key_size,
             values=ct.addressof(vbuf) + start * value_size,
             count=n,
             map_fd=fd,
         )
-        _bpf(BPF_MAP_UPDATE_BATCH, attr)
+        bpf(BPF_MAP_UPDATE_BATCH, attr)
 
 
 def delete_batch(fd: int, keys: bytes | bytearray | memoryview, count: int) -> None:
@@ -368,9 +368,9 @@ def delete_batch(fd: int, keys: bytes | bytearray | memoryview, count: int) -> N
     step = 65536
     for start in range(0, count, step):
         n = min(step, count - start)
-        attr = _BatchAttr(keys=ct.addressof(kbuf) + start * key_size, count=n, map_fd=fd)
+        attr = BatchAttr(keys=ct.addressof(kbuf) + start * key_size, count=n, map_fd=fd)
         try:
-            _bpf(BPF_MAP_DELETE_BATCH, attr)
+            bpf(BPF_MAP_DELETE_BATCH, attr)
         except BpfSyscallError as e:
             if e.errno != errno_mod.ENOENT:
                 raise
@@ -380,7 +380,7 @@ def delete_batch(fd: int, keys: bytes | bytearray | memoryview, count: int) -> N
                 k = ct.create_string_buffer(bytes(keys[i * key_size : (i + 1) * key_size]), key_size)
                 attr1 = _ElemAttr(map_fd=fd, key=ct.addressof(k))
                 try:
-                    _bpf(BPF_MAP_DELETE_ELEM, attr1)
+                    bpf(BPF_MAP_DELETE_ELEM, attr1)
                 except BpfSyscallError as e1:
                     if e1.errno != errno_mod.ENOENT:
                         raise
@@ -433,7 +433,7 @@ def prog_test_run(
         ctx = XdpMd(data=0, data_end=len(data), ingress_ifindex=ingress_ifindex)
         attr.ctx_in = ct.addressof(ctx)
         attr.ctx_size_in = ct.sizeof(ctx)
-    _bpf(BPF_PROG_TEST_RUN, attr)
+    bpf(BPF_PROG_TEST_RUN, attr)
     return TestRunResult(attr.retval, dout.raw[: attr.data_size_out], attr.duration)
 
 

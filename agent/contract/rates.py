@@ -8,8 +8,8 @@ tolerance. Everything is precomputed here so the packet path never divides.
 from __future__ import annotations
 
 from . import abi
+from .clock import NS
 
-NS = 1_000_000_000
 # The program's clock moves in jiffies (up to 10 ms at HZ=100): a burst
 # shorter than that would cap the rate at burst per jiffy.
 MIN_TOLERANCE_NS = 10_000_000

@@ -1,0 +1,63 @@
+"""What the agent tells the program, in operator terms: settings, groups, rules, per-class limits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+from . import abi
+from .clock import NS
+from .keys import IPNetwork
+
+
+@dataclass(frozen=True)
+class ConfigSpec:
+    """Run-time settings (struct fg_config)."""
+
+    monitor: bool = False
+    malformed_pass: bool = False
+    syn_learn: bool = False
+    sample_every: int = 0
+    v6_bucket_len: int = 64
+    syn_verified_ttl_ns: int = 600 * NS
+
+
+@dataclass(frozen=True)
+class GroupSpec:
+    """A protected group's settings (struct fg_group), limits per class."""
+
+    base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
+    monitor: bool = False
+    syn_always: bool = False
+    syn_learn: bool = False  # SYN auth configured: learn verified sources in calm times
+    challenge_pps: int = 0
+
+
+@dataclass(frozen=True)
+class RuleSpec:
+    """A mitigation rule (struct fg_rule), in operator terms."""
+
+    dst: IPNetwork
+    proto: int = 0
+    sport: tuple[int, int] = (0, 65535)
+    dport: tuple[int, int] = (0, 65535)
+    tcp_flags_mask: int = 0
+    tcp_flags_value: int = 0
+    action: abi.RuleAction = abi.RuleAction.DROP
+    pps: int = 0
+    bps: int = 0
+    burst: int = 0
+    expires_ns: int = 0
+    origin: abi.Origin = abi.Origin.AUTO
+    monitor: bool = False
+    rule_id: int = 0
+    group: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class ClassLimit:
+    """A per-source limit for one traffic class, in operator units (0 = unlimited)."""
+
+    pps: int
+    bps: int
+    burst: int
