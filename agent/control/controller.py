@@ -47,9 +47,9 @@ from .detect import Detector, Limits, Signals, Step
 from .enforce import Changes, Enforcer, Wanted
 from .escalation import Signal, UplinkWatch
 from .hook import HookRunner
+from .meter import DstRates, GroupRates, RateMeter
 from .mitigate import MAX_CARPET_PREFIXES, RulePlan, next_steps, passed_level, plan_rules, tightened
 from .port import ControlPort, PacketSample
-from .rates import DstRates, GroupRates, RateMeter
 from .samples import AttackSamples, TickSamples
 from .settings import GroupView, Settings
 from .stats import ControlStats, Histogram

@@ -20,7 +20,7 @@ from agent.contract.specs import ClassLimit
 from agent.policy.compile import CompiledPolicy
 from agent.policy.model import CLASSES, Detection, Group, Mitigation, Policy, Uplink
 
-from .prefixes import PrefixMatcher
+from .matcher import PrefixMatcher
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 

@@ -22,8 +22,8 @@ from numpy.typing import NDArray
 
 from agent.contract.keys import IPAddress
 
+from .meter import DstRates
 from .mitigate import MAX_CARPET_PREFIXES
-from .rates import DstRates
 from .settings import GroupView, Settings
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network

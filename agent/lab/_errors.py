@@ -22,7 +22,7 @@ class MissingFeatureError(TopologyError):
     """The running kernel lacks something the topology needs; the message names it."""
 
 
-class BuildError(TopologyError):
+class TopologyBuildError(TopologyError):
     """A build step failed; the message names the step, namespace and interface."""
 
 

@@ -155,19 +155,18 @@ from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.lab import _ethtool, _netns
 from agent.lab._errors import (
-    BuildError,
     InvalidNameError,
     MissingFeatureError,
     NamespaceCallError,
     NamespaceError,
     NotRootError,
     TeardownError,
+    TopologyBuildError,
     TopologyError,
 )
 
 __all__ = [
     "FAMILY_PREFIX",
-    "BuildError",
     "End",
     "Iface",
     "InvalidNameError",
@@ -182,6 +181,7 @@ __all__ = [
     "Route",
     "TeardownError",
     "Topology",
+    "TopologyBuildError",
     "TopologyError",
     "VethPair",
     "build_lab",
@@ -524,7 +524,7 @@ class Topology:
             except TeardownError as err:
                 _log().error("topology_teardown_failed", prefix=self.prefix, error=str(err))
             if isinstance(exc, NetlinkError | OSError):
-                raise BuildError(f"building topology {self.prefix}*: {_netlink_reason(exc)}") from exc
+                raise TopologyBuildError(f"building topology {self.prefix}*: {_netlink_reason(exc)}") from exc
             raise
         self._built = True
         _log().info(
@@ -622,9 +622,9 @@ class Topology:
                     f"cannot create network namespace {ns}: "
                     "the kernel lacks network namespaces (CONFIG_NET_NS)"
                 ) from exc
-            raise BuildError(f"cannot create network namespace {ns}: {_netlink_reason(exc)}") from exc
+            raise TopologyBuildError(f"cannot create network namespace {ns}: {_netlink_reason(exc)}") from exc
         if _netns.inode(ns) is None:  # pragma: no cover - create() checks this
-            raise BuildError(f"network namespace {ns} vanished while building")
+            raise TopologyBuildError(f"network namespace {ns} vanished while building")
 
     def _configure_namespace(self, node: Node) -> None:
         ns = self.prefix + node.name
@@ -751,7 +751,7 @@ class Topology:
                 if info.get("IFLA_OPERSTATE") == "UP":
                     break
                 if time.monotonic() > deadline:
-                    raise BuildError(
+                    raise TopologyBuildError(
                         f"interface {ifname} in {ns} is still {info.get('IFLA_OPERSTATE')} 5 s after "
                         "both ends were set up"
                     )
@@ -797,13 +797,13 @@ class Topology:
             raise
         except (NetlinkError, OSError, NamespaceError) as exc:
             where = " ".join((ns, *detail))
-            raise BuildError(f"{what} failed in {where}: {_netlink_reason(exc)}") from exc
+            raise TopologyBuildError(f"{what} failed in {where}: {_netlink_reason(exc)}") from exc
 
     @staticmethod
     def _lookup(ipr: Any, ns: str, ifname: str) -> int:
         found = ipr.link_lookup(ifname=ifname)
         if not found:
-            raise BuildError(f"interface {ifname} not found in namespace {ns}")
+            raise TopologyBuildError(f"interface {ifname} not found in namespace {ns}")
         return int(found[0])
 
     @contextmanager

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from agent.policy._errors import Marks
 from agent.policy._fields import PrefixEntry
 from agent.policy._issues import KeyPath, PolicyIssue, Severity, format_path
-from agent.policy._prefixes import Section
+from agent.policy._prefix_files import Section
 from agent.policy._units import format_duration
 from agent.policy.model import Policy
 

@@ -17,7 +17,7 @@ from agent.policy._checks import check_overlaps, check_policy
 from agent.policy._errors import Marks, flatten, translate
 from agent.policy._include import read_tree
 from agent.policy._issues import PolicyIssue
-from agent.policy._prefixes import resolve_prefixes
+from agent.policy._prefix_files import resolve_prefixes
 from agent.policy.model import Policy
 
 

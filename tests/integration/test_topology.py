@@ -17,7 +17,6 @@ from scapy.layers.inet6 import IPv6
 
 from agent.lab import _netns
 from agent.lab.topology import (
-    BuildError,
     End,
     InvalidNameError,
     Lab,
@@ -27,6 +26,7 @@ from agent.lab.topology import (
     NotRootError,
     Route,
     Topology,
+    TopologyBuildError,
     VethPair,
     build_lab,
     build_pair,
@@ -120,7 +120,7 @@ def test_failed_build_removes_what_it_had_built_and_names_the_step() -> None:
         [Node("a", routes=(Route("203.0.113.0/24", via="10.99.99.99"),)), Node("b")],
         [Link(End("a", "a0", ("10.0.0.1/24",)), End("b", "b0", ("10.0.0.2/24",)))],
     )
-    with pytest.raises(BuildError, match=rf"add route failed in {prefix}a .*via 10.99.99.99.*unreachable"):
+    with pytest.raises(TopologyBuildError, match=rf"add route failed in {prefix}a .*via 10.99.99.99.*unreachable"):
         topo.build()
     assert not topo.built
     assert leftovers(prefix) == []

@@ -9,7 +9,7 @@ from synthetic import lab
 
 from agent.contract.keys import prefix_key
 from agent.control.bans import MAX_OFFENDERS, OFFENDER_MEMORY_S, BanBook, ban_prefix, why_not_ban
-from agent.control.prefixes import PrefixMatcher
+from agent.control.matcher import PrefixMatcher
 from agent.control.settings import Settings
 from agent.policy.compile import compile_policy
 from agent.policy.model import Mitigation

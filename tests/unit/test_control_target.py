@@ -8,7 +8,7 @@ import numpy as np
 from synthetic import lab_data
 
 from agent.contract.abi import LIMIT_CLASSES, TrafficClass
-from agent.control.rates import DstRates
+from agent.control.meter import DstRates
 from agent.control.settings import Settings
 from agent.control.target import locate
 from agent.policy.compile import compile_policy

@@ -7,8 +7,8 @@ import ipaddress
 import numpy as np
 import pytest
 
+from agent.control.meter import RateMeter, counter_delta
 from agent.control.port import DstSnapshot
-from agent.control.rates import RateMeter, counter_delta
 
 NS = 1_000_000_000
 C = 6
