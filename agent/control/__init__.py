@@ -6,9 +6,14 @@ an in-memory fake, tests/unit/fakes.py) and calls ``tick()`` every ``detection.t
 One module per job:
 
 * ``port`` — what the controller reads and writes; ``kernel`` — that, over MapPort;
-* ``rates`` — counters to rates; ``baseline`` — the learned normal; ``detect`` — start/end with hysteresis;
-* ``target`` — one host or carpet bombing; ``vectors`` — what kind of flood; ``samples``/``sketch`` — sources;
-* ``mitigate`` — the ladder and the rules it plans; ``enforce`` — writing them with expiries;
-* ``bans`` — who may be banned, how long; ``escalation`` — full uplinks; ``hook`` — the operator's executable;
-* ``attacks`` — the records; ``stats`` — metrics counters; ``settings`` — the policy as the loop reads it.
+* ``watch`` — counters to detector transitions: ``meter`` (rates), ``baseline`` (the learned
+  normal), ``detect`` (start/end with hysteresis);
+* ``attacks`` — one object per attack, in parts; ``record`` — the attack record rendered from it;
+* ``tracker`` — start, observe, end: ``target`` (one host or carpet bombing), ``vectors`` (what
+  kind of flood), ``samples``/``sketch`` (sources);
+* ``ladder`` — arming the steps; ``mitigate`` — the steps and the rules they plan; ``enforce`` —
+  writing them with expiries; ``banstep`` and ``bans`` — who is banned, how long, how many;
+* ``journal`` — the log events and the records' entries; ``escalation`` — full uplinks;
+  ``hook`` — the operator's executable; ``views`` — top and status; ``stats`` — metrics
+  counters; ``settings`` — the policy as the loop reads it.
 """

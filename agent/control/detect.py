@@ -69,7 +69,7 @@ def level(s: Signals, t: Limits) -> Float:
 
 
 @dataclass(frozen=True)
-class Step:
+class Transitions:
     """What one tick changed."""
 
     started: list[tuple[int, int]]  # (row, class), most severe first
@@ -108,7 +108,7 @@ class Detector:
         self.release_ratio = release_ratio
         self.pulse_gap_ns = int(pulse_gap_s * 1e9)
 
-    def step(self, now_ns: int, signals: Signals, limits: Limits, eligible: Bool) -> Step:
+    def step(self, now_ns: int, signals: Signals, limits: Limits, eligible: Bool) -> Transitions:
         cur = level(signals, limits)
         frozen = level(signals, self.frozen)
         was_active = self.active.copy()
@@ -147,7 +147,7 @@ class Detector:
         started.sort(key=lambda rc: -float(cur[rc]))
         ended = [(int(r), int(c)) for r, c in zip(*np.nonzero(end), strict=True)]
         learn = eligible & ~self.active & ~over & ~was_active
-        return Step(started, ended, cur, np.where(self.active | end, frozen, 0.0), learn, over & ~start)
+        return Transitions(started, ended, cur, np.where(self.active | end, frozen, 0.0), learn, over & ~start)
 
     def stop(self, row: int, cls: int) -> None:
         """End a series' attack from outside (its group left the policy)."""

@@ -19,10 +19,18 @@ fills it — traffic to unprotected addresses has no attack record.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
+import structlog
+
 from agent.policy.model import Uplink
+
+from .attacks import Attack, EscalationMark
+from .hook import HookRunner
+from .meter import GroupRates
+from .record import event
+from .settings import Settings
 
 UPLINK_FULL = 0.95
 UPLINK_CLEAR = 0.8
@@ -83,3 +91,54 @@ class UplinkWatch:
     @property
     def overloaded(self) -> list[str]:
         return sorted(self._episodes)
+
+
+class Escalator:
+    """Checks the uplinks each tick and signals escalation_needed: log, records, hook."""
+
+    def __init__(self, stamp: Callable[[int], str]) -> None:
+        self.uplinks = UplinkWatch()
+        self.total = 0
+        self._stamp = stamp
+        self._log = structlog.get_logger()
+
+    def run(self, now: int, g: GroupRates, s: Settings, active: Sequence[Attack], hook: HookRunner | None) -> None:
+        ids = [a.id for a in active]
+        signals = [
+            self.uplinks.check("total", float(g.pps.sum()), float(g.bps.sum()), s.mitigation.uplink, ids,
+                               need_attack=False)
+        ]
+        for view in s.uplinked:
+            gid = view.gid
+            if gid >= g.groups:
+                continue
+            signals.append(
+                self.uplinks.check(f"group:{view.name}", float(g.pps[gid].sum()), float(g.bps[gid].sum()),
+                                   view.uplink, [a.id for a in active if a.gid == gid])
+            )
+        by_id = {a.id: a for a in active}
+        for sig in signals:
+            if sig is not None:
+                self._signal(now, sig, by_id, hook)
+
+    def _signal(self, now: int, sig: Signal, by_id: Mapping[str, Attack], hook: HookRunner | None) -> None:
+        self.total += 1
+        attacks = [by_id[i] for i in sig.attack_ids if i in by_id]
+        self._log.error(
+            "escalation_needed",
+            scope=sig.scope,
+            target=[a.target for a in attacks] or sig.scope,
+            attack_ids=sig.attack_ids,
+            pps=round(sig.pps),
+            bps=round(sig.bps),
+            capacity_pps=sig.capacity_pps,
+            capacity_bps=sig.capacity_bps,
+        )
+        mark = EscalationMark(self._stamp(now), sig.scope, round(sig.pps), round(sig.bps), sig.capacity_pps,
+                              sig.capacity_bps)
+        for a in attacks:
+            a.history.escalations.append(mark)
+            if hook is not None:
+                hook.submit(event("escalation_needed", a, now))
+        if not attacks and hook is not None:
+            hook.submit({"event": "escalation_needed", **mark.to_dict()})

@@ -19,7 +19,6 @@ import signal
 import subprocess
 import threading
 from pathlib import Path
-from typing import Any
 
 import structlog
 
@@ -33,7 +32,7 @@ class HookRunner:
     def __init__(self, path: Path, timeout_s: float = 10.0, queue_size: int = 32) -> None:
         self.path = path
         self.timeout_s = timeout_s
-        self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue(maxsize=queue_size)
+        self._queue: queue.Queue[dict[str, object] | None] = queue.Queue(maxsize=queue_size)
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._proc: subprocess.Popen[bytes] | None = None
@@ -43,7 +42,7 @@ class HookRunner:
         self.failed = 0
         self.dropped = 0
 
-    def submit(self, record: dict[str, Any]) -> bool:
+    def submit(self, record: dict[str, object]) -> bool:
         """Queue a record for the hook; False (and a log line) if the queue is full."""
         if self._closed:
             return False
@@ -86,7 +85,7 @@ class HookRunner:
                 return
             self._run(record)
 
-    def _run(self, record: dict[str, Any]) -> None:
+    def _run(self, record: dict[str, object]) -> None:
         data = json.dumps(record, sort_keys=True).encode()
         fields = {"hook": str(self.path), "event_name": record.get("event"), "attack_id": record.get("id")}
         try:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterable, Sequence
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -27,7 +26,7 @@ from agent.datapath.mapport import MapPort
 from .port import ControlPort, DstSnapshot, PacketSample, sample_from_raw
 
 
-def _no_samples() -> Iterable[Any]:
+def _no_samples() -> Iterable[abi.Sample]:
     return ()
 
 
@@ -46,7 +45,7 @@ class KernelPort:
         self,
         maps: MapPort,
         *,
-        drain: Callable[[], Iterable[Any]] = _no_samples,
+        drain: Callable[[], Iterable[abi.Sample]] = _no_samples,
         reason_id: Callable[[str], int] = _no_reason,
         other_rules: Callable[[], Sequence[RuleSpec]] = _no_rules,
     ) -> None:

@@ -77,6 +77,41 @@ class DstRates:
         return address_of(int(self.family[i]), (int(self.addr_hi[i]) << 64) | int(self.addr_lo[i]))
 
 
+class GroupRows:
+    """Row indices of each group in one tick's DstRates, computed on first use.
+
+    A few groups: one comparison over all rows each. Many: sort the rows by
+    group once and cut the sorted order into slices.
+    """
+
+    FEW = 8
+
+    def __init__(self, d: DstRates) -> None:
+        self._d = d
+        self._cache: dict[int, NDArray[np.int64]] = {}
+        self._order: NDArray[np.int64] | None = None
+        self._sorted: NDArray[np.int64] | None = None
+
+    def __call__(self, gid: int) -> NDArray[np.int64]:
+        rows = self._cache.get(gid)
+        if rows is not None:
+            return rows
+        d = self._d
+        if len(d) == 0:
+            rows = np.zeros(0, dtype=np.int64)
+        elif len(self._cache) < self.FEW:
+            rows = np.flatnonzero(d.group == gid)
+        else:
+            if self._order is None:
+                self._order = np.argsort(d.group, kind="stable")
+                self._sorted = d.group[self._order]
+            assert self._sorted is not None
+            lo, hi = np.searchsorted(self._sorted, [gid, gid + 1])
+            rows = self._order[lo:hi]
+        self._cache[gid] = rows
+        return rows
+
+
 class _HostKeys:
     """One 64-bit key per host: the IPv4 address itself, or a number given to each
     IPv6 address on first sight (IPv6 hosts are few; IPv4 needs no table at all)."""

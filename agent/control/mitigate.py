@@ -1,7 +1,7 @@
 """What to enforce against an attack: tightened limits, rules, and the ladder between them.
 
 Pure planning; `enforce.Enforcer` writes the result. The ladder of a group
-is a subset of (tighten, rule, ban) in that order. The first step is armed
+is a subset of the `Step`s (tighten, rule, ban) in that order. The first step is armed
 when the attack starts; a rule only when, a tick after the previous step,
 what still gets through (offered minus dropped) is over the attack's
 threshold — a rule acts on every packet of the attack's shape, so it comes
@@ -32,6 +32,7 @@ from dataclasses import dataclass
 
 from agent.contract.abi import RuleAction
 from agent.contract.specs import ClassLimit, RuleSpec
+from agent.policy.model import Step
 
 from .samples import TCP_KIND_MASK
 from .vectors import TCP_ACK, TCP_SYN, Classification, Vector
@@ -43,8 +44,6 @@ IPPROTO_ICMP, IPPROTO_TCP, IPPROTO_UDP, IPPROTO_ICMPV6 = 1, 6, 17, 58
 ICMPV6_BELOW_NDP = 132
 #: At most this many prefixes get rules for one carpet-bombing attack (rules are few: 64 in all).
 MAX_CARPET_PREFIXES = 4
-
-STEPS = ("tighten", "rule", "ban")
 
 
 def tightened(limits: Sequence[ClassLimit], factor: float, classes: Iterable[int]) -> tuple[ClassLimit, ...]:
@@ -181,8 +180,8 @@ def passed_level(
 
 
 def next_steps(
-    ladder: Sequence[str], armed: Sequence[str], contained: bool, first: bool, spoofed: bool = False
-) -> list[str]:
+    ladder: Sequence[Step], armed: Sequence[Step], contained: bool, first: bool, spoofed: bool = False
+) -> list[Step]:
     """Steps to arm now.
 
     The first step at the start. Later, one more each tick while what passes
@@ -199,10 +198,10 @@ def next_steps(
         return []
     if first:
         out = [remaining[0]]
-        if spoofed and out[0] == "tighten" and "rule" in remaining:
-            out.append("rule")
+        if spoofed and out[0] == Step.TIGHTEN and Step.RULE in remaining:
+            out.append(Step.RULE)
         return out
     out = [] if contained else [remaining[0]]
-    if "ban" in remaining and "ban" not in out:
-        out.append("ban")
+    if Step.BAN in remaining and Step.BAN not in out:
+        out.append(Step.BAN)
     return out

@@ -16,14 +16,18 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Protocol
 
 import numpy as np
 from numpy.typing import NDArray
 
+from agent.contract import abi
 from agent.contract.abi import LIMIT_CLASSES
 from agent.contract.keys import HALVES_DTYPE, IPAddress, IPNetwork, address_from_words, address_of, halves
 from agent.contract.specs import ClassLimit, RuleSpec
+
+#: One host's counters: [packets, bytes, dropped] rows of one value per class.
+CounterBlock = NDArray[np.uint64] | Sequence[Sequence[int]]
 
 #: Fields of the per (group, class) counters, in the order of struct fg_group_counter.
 GROUP_FIELDS = ("packets", "bytes", "dropped_packets", "dropped_bytes", "new_sources")
@@ -86,7 +90,10 @@ class DstSnapshot:
 
     @classmethod
     def build(
-        cls, keys: Sequence[tuple[int, int]], groups: Sequence[int], counters: Sequence[Any] | NDArray[np.uint64]
+        cls,
+        keys: Sequence[tuple[int, int]],
+        groups: Sequence[int],
+        counters: Sequence[CounterBlock] | NDArray[np.uint64],
     ) -> DstSnapshot:
         """From (family, address int) keys, group ids and [3, class] counter blocks."""
         n = len(keys)
@@ -100,7 +107,7 @@ class DstSnapshot:
         )
 
     @classmethod
-    def from_counters(cls, counters: Mapping[tuple[int, int], Any]) -> DstSnapshot:
+    def from_counters(cls, counters: Mapping[tuple[int, int], abi.DstCounter]) -> DstSnapshot:
         """From ``MapPort.read_dst_stats()``: values with ``packets``, ``bytes``,
         ``dropped`` (six each) and ``group``. Convenient but slow for 100k hosts:
         the daemon should prefer `from_raw`."""
@@ -125,7 +132,7 @@ class DstSnapshot:
         return cls(fam, hi, lo, group, counters)
 
 
-def sample_from_raw(raw: Any) -> PacketSample:
+def sample_from_raw(raw: abi.Sample) -> PacketSample:
     """Convert one ``abi.Sample`` (struct fg_sample) read from the samples ring."""
     fam = int(raw.family)
     return PacketSample(

@@ -57,6 +57,7 @@ class Settings:
     protected: PrefixMatcher
     destinations: Mapping[PrefixKey, int]
     ipv6_ban_len: int
+    uplinked: tuple[GroupView, ...]  # the groups with an uplink of their own, by group id
 
     @classmethod
     def build(cls, policy: Policy, compiled: CompiledPolicy) -> Settings:
@@ -105,6 +106,7 @@ class Settings:
             protected=PrefixMatcher(compiled.destinations),
             destinations=compiled.destinations,
             ipv6_ban_len=policy.limits.ipv6_prefix,
+            uplinked=tuple(v for v in groups.values() if v.uplink is not None),
         )
 
     def group_prefix_of(self, family: int, addr: int, gid: int) -> IPNetwork | None:

@@ -34,6 +34,7 @@ import ctypes as ct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
+from heapq import heapify, heappop, heappush
 from typing import Any
 
 import numpy as np
@@ -56,6 +57,11 @@ _RECORD_DTYPE = abi.SRC_RECORD_DTYPE
 BAN_KINDS = (abi.SRC_BAN, abi.SRC_BAN_MONITOR)
 ALLOW_KINDS = (abi.SRC_ALLOW, abi.SRC_ALLOW_MONITOR)
 SRC, DST = 0, 1
+#: Stale expiry heap entries tolerated beyond as many as the heap held when last compacted.
+_EXPIRY_SLACK = 1024
+
+#: (expires, prefix, SRC_BAN or SRC_ALLOW, origin): one record's expiry, as pushed when it was set.
+_Expiry = tuple[int, PrefixKey, int, int]
 
 
 @dataclass(frozen=True)
@@ -230,6 +236,10 @@ class AddressTable:
         self._next_idx = 1
         self._dirty: set[PrefixKey] = set()
         self._synced = False
+        # Every record with an expiry has an entry here; entries whose record was
+        # replaced or removed since are stale and skipped when they come up.
+        self._expiries: list[_Expiry] = []
+        self._expiry_limit = _EXPIRY_SLACK
 
     # --- lifetime ----------------------------------------------------------
 
@@ -259,6 +269,7 @@ class AddressTable:
         addrs = rows["addr"][used].tolist()
         bans = rows["ban"][used].tolist()
         allows = rows["allow"][used].tolist()
+        expiries: list[_Expiry] = []
         for i, idx in enumerate(used.tolist()):
             fam = fams[i]
             key: PrefixKey = (fam, from_words(fam, addrs[i]), plens[i])
@@ -267,10 +278,17 @@ class AddressTable:
                 b, a = bans[i][o], allows[i][o]
                 if b[2]:
                     ent.ban[o] = (int(b[0]), int(b[1]), int(b[2]), int(b[3]))
+                    if b[0]:
+                        expiries.append((int(b[0]), key, abi.SRC_BAN, o))
                 if a[2]:
                     ent.allow[o] = (int(a[0]), int(a[1]), int(a[2]), int(a[3]))
+                    if a[0]:
+                        expiries.append((int(a[0]), key, abi.SRC_ALLOW, o))
             self.src[key] = ent
             self._index(key, SRC)
+        heapify(expiries)
+        self._expiries = expiries
+        self._expiry_limit = 2 * len(expiries) + _EXPIRY_SLACK
         perm = (rows["flags"][used] == abi.SRC_BAN) & (rows["ban_expires"][used] == 0)
         self._perm = set(used[perm].tolist())
         taken = set(used.tolist())
@@ -292,11 +310,14 @@ class AddressTable:
             ent = _Entry(0)
             self.src[key] = ent
             self._index(key, SRC)
-        slots = ent.ban if kind in BAN_KINDS else ent.allow
+        ban = kind in BAN_KINDS
+        slots = ent.ban if ban else ent.allow
         if slots[origin] == record:
             return False
         slots[origin] = record
         self._dirty.add(key)
+        if record is not None and record[0]:
+            self._push_expiry((record[0], key, abi.SRC_BAN if ban else abi.SRC_ALLOW, origin))
         return True
 
     def get_record(self, key: PrefixKey, kind: int, origin: int) -> Record | None:
@@ -321,7 +342,7 @@ class AddressTable:
         # The bulk of a policy load: set_record inlined, new prefixes indexed at once.
         src, dirty = self.src, self._dirty
         new: list[PrefixKey] = []
-        for attr, wanted in (("ban", bans), ("allow", allows)):
+        for attr, kind, wanted in (("ban", abi.SRC_BAN, bans), ("allow", abi.SRC_ALLOW, allows)):
             for key, rec in wanted.items():
                 found = src.get(key)
                 if found is None:
@@ -332,6 +353,8 @@ class AddressTable:
                     slots[origin] = rec
                     dirty.add(key)
                     changed += 1
+                    if rec[0]:
+                        self._push_expiry((rec[0], key, kind, origin))
         self._index_many(new, SRC)
         return changed
 
@@ -360,11 +383,34 @@ class AddressTable:
                     yield key, abi.SRC_ALLOW, o, a
 
     def expire(self, now: int) -> list[tuple[PrefixKey, int, int, Record]]:
-        """Remove records whose expiry has passed; returns what was removed."""
-        gone = [r for r in self.records() if r[3][0] and r[3][0] <= now]
-        for key, kind, origin, _rec in gone:
+        """Remove records whose expiry has passed; returns what was removed, soonest expiry first.
+
+        Costs what is due, not what exists: the expiries are a heap."""
+        gone: list[tuple[PrefixKey, int, int, Record]] = []
+        heap = self._expiries
+        while heap and heap[0][0] <= now:
+            item = heappop(heap)
+            rec = self._current(item)
+            if rec is None:
+                continue  # replaced or removed since this entry was pushed
+            _exp, key, kind, origin = item
+            gone.append((key, kind, origin, rec))
             self.set_record(key, kind, origin, None)
         return gone
+
+    def _current(self, item: _Expiry) -> Record | None:
+        """The record a heap entry stands for, if it is still the one in place."""
+        rec = self.get_record(item[1], item[2], item[3])
+        return rec if rec is not None and rec[0] == item[0] else None
+
+    def _push_expiry(self, item: _Expiry) -> None:
+        heappush(self._expiries, item)
+        if len(self._expiries) > self._expiry_limit:
+            # Drop the stale entries (and duplicates): each current record once.
+            live = list({e for e in self._expiries if self._current(e) is not None})
+            heapify(live)
+            self._expiries = live
+            self._expiry_limit = 2 * len(live) + _EXPIRY_SLACK
 
     @property
     def pending(self) -> int:

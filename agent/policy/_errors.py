@@ -113,7 +113,7 @@ def _message(error: ErrorDetails) -> str:
     value = error.get("input")
     if kind in _EXPECTED:
         return f"expected {_EXPECTED[kind]}, got {describe(value)}"
-    if kind == "literal_error":
+    if kind in ("literal_error", "enum"):
         choices = re.findall(r"'([^']*)'", str(error.get("ctx", {}).get("expected", "")))
         listed = ", ".join(choices)
         if not isinstance(value, str):

@@ -11,6 +11,7 @@ one value at a time.
 
 from __future__ import annotations
 
+import enum
 import re
 import typing
 from dataclasses import dataclass
@@ -38,8 +39,16 @@ Burst = Annotated[int, Unit("count", 1, MAX_PPS)]
 MapSize = Annotated[int, Unit("count", 16, MAX_CAPACITY)]
 Prefixes = Annotated[tuple[PrefixEntry, ...], PrefixList()]
 
-Step = Literal["tighten", "rule", "ban"]
-LADDER_ORDER: tuple[Step, ...] = ("tighten", "rule", "ban")
+
+class Step(enum.StrEnum):
+    """A rung of the mitigation ladder (``mitigation.ladder``), lightest first."""
+
+    TIGHTEN = "tighten"
+    RULE = "rule"
+    BAN = "ban"
+
+
+LADDER_ORDER: tuple[Step, ...] = tuple(Step)
 SynAuthMode = Literal["off", "on_attack", "always"]
 
 _GROUP_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
@@ -261,7 +270,7 @@ class Uplink(_Model):
 # --- mitigation ---------------------------------------------------------------------------------
 
 
-def _check_ladder(value: tuple[str, ...]) -> tuple[str, ...]:
+def _check_ladder(value: tuple[Step, ...]) -> tuple[Step, ...]:
     if len(set(value)) != len(value):
         raise ValueError(f"a step appears twice in [{', '.join(value)}]")
     if list(value) != [step for step in LADDER_ORDER if step in value]:
@@ -327,7 +336,7 @@ class MitigationOverrides(_Model):
 
     @field_validator("ladder")
     @classmethod
-    def _ladder(cls, value: tuple[str, ...] | None) -> tuple[str, ...] | None:
+    def _ladder(cls, value: tuple[Step, ...] | None) -> tuple[Step, ...] | None:
         return None if value is None else _check_ladder(value)
 
 

@@ -1,7 +1,8 @@
 """The address table against the kernel: for random sets of nested source
 and destination prefixes, the kernel structures (dir4, host4, lpm6,
 src_entries) give the same answer as a brute-force longest-prefix match,
-through incremental edits, origin replacement and a rebuild from the pins.
+through incremental edits, origin replacement and a rebuild from the pins; and
+expiry removes exactly what a scan of every record would, looking only at what is due.
 """
 
 from __future__ import annotations
@@ -9,11 +10,14 @@ from __future__ import annotations
 import ipaddress
 import os
 import random
+from typing import Any
 
+import pytest
 from harness import Harness, now_ns
 
 from agent.contract import abi
 from agent.contract.keys import PrefixKey
+from agent.datapath import addrtable
 from agent.datapath.addrtable import AddressTable, merge
 
 ORIGINS = list(abi.Origin)
@@ -166,3 +170,87 @@ def test_removing_everything_clears_the_kernel(h: Harness) -> None:
     assert t.src == {} and h.port.count_entries("host4") == 0 and h.port.count_entries("lpm6") == 0
     assert not t._dir.any()
     assert not bytes(h.maps["src_entries"].read_raw()[1]).strip(b"\0")
+
+
+def scan_expired(t: AddressTable, now: int) -> set[tuple[PrefixKey, int, int, tuple[int, int, int, int]]]:
+    """What expire(now) must remove: every record whose expiry has passed, found by looking at all."""
+    return {(k, kind, o, r) for k, kind, o, r in t.records() if r[0] and r[0] <= now}
+
+
+def test_expiry_removes_exactly_what_a_scan_of_every_record_finds(h: Harness) -> None:
+    seed = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
+    print(f"seed {seed}")
+    rng = random.Random(seed)
+    t = h.port.addresses
+    now = now_ns()
+    span = 100 * 10**9
+
+    def record(kind: int) -> tuple[int, tuple[int, int, int, int]]:
+        monitor = {abi.SRC_BAN: abi.SRC_BAN_MONITOR, abi.SRC_ALLOW: abi.SRC_ALLOW_MONITOR}[kind]
+        flag = kind if rng.random() < 0.8 else monitor
+        # Permanent, or due at some point of the run (several share an expiry).
+        expires = 0 if rng.random() < 0.3 else now + rng.randrange(0, span, 10**9 // 4)
+        return flag, (expires, now, flag, 0)
+
+    def edit(n: int) -> None:
+        for _ in range(n):
+            kind = rng.choice([abi.SRC_BAN, abi.SRC_BAN, abi.SRC_ALLOW])
+            flag, rec = record(kind)
+            if t.src and rng.random() < 0.5:
+                key = rng.choice(list(t.src))  # re-set (a refreshed ban) or remove an existing one
+                t.set_record(key, flag, rng.choice(ORIGINS), None if rng.random() < 0.3 else rec)
+            else:
+                t.set_record(rand_prefix(rng, 4 if rng.random() < 0.75 else 6), flag, rng.choice(ORIGINS), rec)
+
+    edit(300)
+    t.replace_origin(abi.Origin.POLICY, {rand_prefix(rng, 4): record(abi.SRC_BAN)[1] for _ in range(40)},
+                     {rand_prefix(rng, 6): record(abi.SRC_ALLOW)[1] for _ in range(10)})
+    t.commit(now)
+    removed = 0
+    for step in range(1, 11):
+        at = now + step * span // 10
+        want = scan_expired(t, at)
+        got = t.expire(at)
+        assert len(got) == len(set(got)) and set(got) == want, f"at step {step}"
+        assert [g[3][0] for g in got] == sorted(g[3][0] for g in got), "soonest first"
+        assert scan_expired(t, at) == set()
+        removed += len(got)
+        t.commit(at)
+        check(t, rng, at)
+        edit(20)
+        if step == 5:
+            # A restarted daemon finds the same expiries in the kernel.
+            t.commit(at)
+            fresh = AddressTable(h.maps)
+            try:
+                fresh.load_from_kernel()
+                later = at + span
+                assert set(fresh.expire(later)) == scan_expired(t, later)
+            finally:
+                fresh.close()
+    assert removed > 50
+
+
+def test_expire_with_10k_records_none_due_looks_at_none(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = h.port.addresses
+    now = now_ns()
+    for i in range(10_000):  # the model only: src_entries of the test program is smaller
+        rec = (now + 3600 * 10**9 + i, now, abi.SRC_BAN, 0)
+        t.set_record((4, (11 << 24) | i, 32), abi.SRC_BAN, abi.Origin.AUTO, rec)
+    calls = {"heappop": 0, "records": 0, "get_record": 0}
+
+    def counted(name: str, real: Any) -> Any:
+        def call(*a: Any, **kw: Any) -> Any:
+            calls[name] += 1
+            return real(*a, **kw)
+        return call
+
+    monkeypatch.setattr(addrtable, "heappop", counted("heappop", addrtable.heappop))
+    monkeypatch.setattr(t, "records", counted("records", t.records))
+    monkeypatch.setattr(t, "get_record", counted("get_record", t.get_record))
+    for tick in range(10):
+        assert t.expire(now + tick * 10**8) == []
+    assert calls == {"heappop": 0, "records": 0, "get_record": 0}
+    gone = t.expire(now + 3600 * 10**9 + 9)
+    assert [g[0] for g in gone] == [(4, (11 << 24) | i, 32) for i in range(10)]
+    assert calls["heappop"] == 10 and calls["records"] == 0

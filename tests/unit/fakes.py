@@ -8,16 +8,58 @@ product: the runtime has no test doubles.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, KeysView, Sequence, ValuesView
 from dataclasses import dataclass, field
+from types import ModuleType
+from typing import Any, TypeVar
 
 import numpy as np
+import pytest
 from numpy.typing import NDArray
 
 from agent.contract.abi import LIMIT_CLASSES
 from agent.contract.keys import IPAddress, IPNetwork
 from agent.contract.specs import ClassLimit, RuleSpec
 from agent.control.port import GROUP_FIELDS, ControlPort, DstSnapshot, PacketSample
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class WatchedDict(dict[K, V]):
+    """A dict that counts every walk over its entries (``walks``): put in place of a
+    component's table to prove that some work never looks at every entry."""
+
+    walks = 0
+
+    def __iter__(self) -> Iterator[K]:
+        self.walks += 1
+        return super().__iter__()
+
+    def keys(self) -> KeysView[K]:
+        self.walks += 1
+        return super().keys()
+
+    def values(self) -> ValuesView[V]:
+        self.walks += 1
+        return super().values()
+
+    def items(self) -> Any:
+        self.walks += 1
+        return super().items()
+
+
+def count_heap_pops(monkeypatch: pytest.MonkeyPatch, module: ModuleType) -> list[int]:
+    """Count the entries ``module`` takes off its heaps (it imports ``heappop`` by name); [n]."""
+    popped = [0]
+    real = module.heappop
+
+    def pop(heap: list[Any]) -> Any:
+        popped[0] += 1
+        return real(heap)
+
+    monkeypatch.setattr(module, "heappop", pop)
+    return popped
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
-"""agent/control/bans.py and prefixes.py: who may be banned, for how long, how many."""
+"""agent/control/bans.py and matcher.py: who may be banned, for how long, how many — and what it costs."""
 
 from __future__ import annotations
 
 import ipaddress
 
 import pytest
+from fakes import WatchedDict, count_heap_pops
 from synthetic import lab
 
 from agent.contract.keys import prefix_key
+from agent.control import bans
 from agent.control.bans import MAX_OFFENDERS, OFFENDER_MEMORY_S, BanBook, ban_prefix, why_not_ban
 from agent.control.matcher import PrefixMatcher
 from agent.control.settings import Settings
@@ -103,3 +105,69 @@ def test_prefix_matcher_covers_and_overlaps() -> None:
     assert not m.overlaps(net("192.0.3.0/24"))
     assert not m.overlaps(net("2001:db8:6::/64"))
     assert PrefixMatcher([]).longest(4, 1) is None
+
+
+def ten_thousand_bans(book: BanBook, expires_ns: int) -> list[ipaddress.IPv4Network]:
+    nets = [ipaddress.IPv4Network((0xC6120000 + i, 32)) for i in range(10_000)]  # 198.18.0.0 up
+    for i, n in enumerate(nets):
+        book.add(n, 1 + i % 100, expires_ns + i, 0)
+    return nets
+
+
+def test_a_tick_with_10k_bans_and_none_due_does_no_per_ban_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    book = BanBook()
+    nets = ten_thousand_bans(book, 3600 * NS)
+    book._active = watched = WatchedDict(book._active)
+    popped = count_heap_pops(monkeypatch, bans)
+    for t in range(1, 11):  # what each tick asks of the book
+        book.prune(t * NS)
+        book.forget_old(t * NS)
+        assert book.count() == 10_000 and book.count(7) == 100
+        assert book.is_banned(nets[t]) and not book.is_banned(net("198.19.0.1/32"))
+    assert (popped[0], watched.walks) == (0, 0)
+    # Once some are due, the work is theirs alone.
+    book.prune(3600 * NS + 9)
+    assert popped[0] == 10 and book.count() == 9_990 and book.count(1) == 99 and book.count(11) == 100
+    assert watched.walks == 0
+
+
+def test_rebanned_and_unbanned_prefixes_leave_no_stale_expiry_behind() -> None:
+    book = BanBook()
+    a, b = net("198.18.0.1/32"), net("198.18.0.2/32")
+    book.add(a, 1, 10 * NS, 0)
+    book.add(a, 2, 50 * NS, 5 * NS)  # banned again, by another group's attack, for longer
+    book.add(b, 1, 10 * NS, 0)
+    book.remove(b)
+    book.add(b, 1, 30 * NS, 20 * NS)
+    book.prune(20 * NS)
+    assert dict(book.active) == {a: (50 * NS, 2), b: (30 * NS, 1)}
+    assert (book.count(1), book.count(2)) == (1, 1)
+    book.prune(30 * NS)
+    assert list(book.active) == [a]
+    for i in range(5000):  # refreshed over and over: the heap stays bounded
+        book.add(a, 2, (60 + i) * NS, 30 * NS)
+    assert len(book._expiry) <= 2 * len(book.active) + bans._SLACK
+    book.prune(6000 * NS)
+    assert book.count() == 0 and book.count(2) == 0
+
+
+def test_bans_loaded_at_start_count_until_they_run_out() -> None:
+    book = BanBook()
+    book.load(net("198.18.0.1/32"), 10 * NS)
+    assert book.is_banned(net("198.18.0.1/32")) and book.count() == 1 and book.counts == {}
+    book.prune(10 * NS)
+    assert book.count() == 0 and not book.is_banned(net("198.18.0.1/32"))
+    book.load(net("198.18.0.2/32"), 0)  # found without an expiry: it never runs out
+    book.prune(10**18)
+    assert book.is_banned(net("198.18.0.2/32")) and book.count() == 1
+
+
+def test_forgetting_offenders_looks_only_at_those_due(monkeypatch: pytest.MonkeyPatch) -> None:
+    book = BanBook({f"198.19.{i >> 8}.{i & 255}/32": 2 for i in range(10_000)})
+    book.forget_old(0)  # the loaded offenders' week starts now
+    popped = count_heap_pops(monkeypatch, bans)
+    book.add(net("198.18.0.1/32"), 1, NS, OFFENDER_MEMORY_S * NS // 2)
+    book.forget_old(OFFENDER_MEMORY_S * NS - 1)
+    assert popped[0] == 0 and len(book.counts) == 10_001
+    book.forget_old(OFFENDER_MEMORY_S * NS + 1)
+    assert popped[0] == 10_000 and book.counts == {"198.18.0.1/32": 1}

@@ -1,9 +1,10 @@
-"""agent/control/controller.py: whole attacks, from detection to release, on a FakePort.
+"""agent/control/controller.py and the parts it wires (tracker, ladder, banstep, journal).
 
-Each test replays traffic (agent/control/synthetic.py) into the fake port
-with an injected clock and checks what the controller wrote, logged and
-recorded. The Replay plays a crude data plane, so rules, bans and tightened
-limits really drop traffic and the ladder sees their effect.
+Whole attacks, from detection to release, on a FakePort: each test replays
+traffic (tests/unit/synthetic.py) into the fake port with an injected clock
+and checks what the controller wrote, logged and recorded. The Replay plays
+a crude data plane, so rules, bans and tightened limits really drop traffic
+and the ladder sees their effect.
 """
 
 from __future__ import annotations
@@ -13,12 +14,14 @@ import itertools
 import json
 from typing import Any
 
-from fakes import FakePort
+import pytest
+from fakes import FakePort, WatchedDict, count_heap_pops
 from structlog.testing import capture_logs
 from synthetic import Flow, Scenario, lab, lab_data, with_group
 
 from agent.contract.abi import Origin, RuleAction, TrafficClass
 from agent.contract.specs import ClassLimit, RuleSpec
+from agent.control import bans
 from agent.control.mitigate import limits_syns
 from agent.policy.model import Policy
 
@@ -62,7 +65,7 @@ def test_ntp_reflection_is_dropped_by_source_port_and_released_after_it_stops() 
     with capture_logs() as logs:
         sc.run(2)
         (attack,) = sc.controller.attacks()
-        assert (attack.vector, attack.service, attack.host) == ("udp_reflection", "ntp", str(WEB))
+        assert (attack.vector, attack.service, attack.aim.host) == ("udp_reflection", "ntp", str(WEB))
         (rule,) = sc.port.rules
         assert (rule.dst, rule.proto, rule.sport, rule.action) == (
             ipaddress.ip_network(WEB), 17, (123, 123), RuleAction.DROP
@@ -74,7 +77,7 @@ def test_ntp_reflection_is_dropped_by_source_port_and_released_after_it_stops() 
         sc.run(5)
     assert sc.controller.attacks() == []
     (ended,) = sc.controller.attacks(active=False, recent=1)
-    assert ended.end_reason == "hold_down" and ended.dropped_packets > 0
+    assert ended.end.reason == "hold_down" and ended.traffic.dropped_packets > 0
     assert sc.port.rules == [] and gid not in sc.port.tightened
     assert events(logs, "attack_started", vector="udp_reflection", service="ntp")
     assert events(logs, "mitigation_applied", step="rule", sport=[123, 123], rule_action="drop")
@@ -97,7 +100,7 @@ def test_reflection_over_ipv6_gets_a_host_rule_and_ipv6_bans_cover_the_source_pr
     sc.replay.add(Flow(WEB6, gid, TrafficClass.UDP, 100_000, sources=(heavy6,), sport=1900, dport=None, start_s=t))
     sc.run(3)
     (attack,) = sc.controller.attacks()
-    assert (attack.vector, attack.service, attack.host) == ("udp_reflection", "ssdp", str(WEB6))
+    assert (attack.vector, attack.service, attack.aim.host) == ("udp_reflection", "ssdp", str(WEB6))
     assert [(r.dst, r.sport) for r in sc.port.rules] == [(ipaddress.ip_network(WEB6), (1900, 1900))]
     assert list(sc.port.live_bans()) == [ipaddress.ip_network("2001:db8:e::/64")]
 
@@ -119,7 +122,7 @@ def test_syn_flood_gets_syn_auth_never_an_aggregate_rule() -> None:
         assert gid not in sc.port.tightened
         now = sc.port.now_ns()
         assert now < sc.port.syn_auth[gid] <= now + 10 * 10**9  # mitigation.ttl of the lab policy
-        assert attack.spoofed and attack.bans == 0
+        assert attack.evidence.spoofed and attack.history.bans == 0
         sc.run(12)
     assert sc.controller.attacks() == []
     assert rules_written(sc.port) == [], "no rule of any kind for a SYN flood"
@@ -173,10 +176,10 @@ def test_spoofed_flood_bans_nobody_and_the_record_says_why() -> None:
     with capture_logs() as logs:
         sc.run(5)
     (attack,) = sc.controller.attacks()
-    assert attack.spoofed and attack.bans == 0 and sc.port.bans == {}
-    assert attack.spoof_reason is not None and "spoof" in attack.spoof_reason
-    assert "ban" in attack.steps
-    skipped = [m for m in attack.mitigations if m.step == "ban" and m.action == "skipped"]
+    assert attack.evidence.spoofed and attack.history.bans == 0 and sc.port.bans == {}
+    assert attack.evidence.spoof_reason is not None and "spoof" in attack.evidence.spoof_reason
+    assert "ban" in attack.ladder.steps
+    skipped = [m for m in attack.history.mitigations if m.step == "ban" and m.action == "skipped"]
     assert skipped and "spoof" in skipped[0].detail["reason"]
     assert events(logs, "mitigation_skipped", step="ban")
     assert sc.port.rules, "rules and aggregate limits carry the defence"
@@ -199,7 +202,7 @@ def test_a_heavy_hitter_is_banned_and_a_repeat_offender_for_longer() -> None:
         ban = sc.port.bans[net]
         assert not ban.monitor and attack.id in ban.reason
         ttls.append(round((ban.expires_ns - sc.port.clock_ns) / NS))
-        assert attack.bans == 1 and attack.banned == [str(net)]
+        assert attack.history.bans == 1 and attack.history.banned == [str(net)]
         # Quiet until the attack ended and the ban ran out.
         sc.run(ttls[-1] + 1)
         assert sc.controller.attacks() == [] and sc.port.live_bans() == {}
@@ -229,7 +232,7 @@ def test_never_bans_allowlisted_infrastructure_or_protected_sources() -> None:
     with capture_logs() as logs:
         sc.run(10)
     assert list(sc.port.bans) == [ipaddress.ip_network(ATTACKER)]
-    notes = " ".join(sc.controller.attacks()[0].notes)
+    notes = " ".join(sc.controller.attacks()[0].history.notes)
     for src, why in forbidden.items():
         assert f"{src}/32 is {why}" in notes
     assert len(events(logs, "mitigation_skipped", step="ban")) == 3, "each refusal is logged once"
@@ -242,8 +245,8 @@ def test_max_bans_is_respected() -> None:
                        start_s=sc.replay.t))
     sc.run(10)
     (attack,) = sc.controller.attacks()
-    assert len(sc.port.bans) == 10 and attack.bans == 10
-    assert any("max_bans reached (10)" in n for n in attack.notes)
+    assert len(sc.port.bans) == 10 and attack.history.bans == 10
+    assert any("max_bans reached (10)" in n for n in attack.history.notes)
     assert sc.controller.stats().bans_active == 10
 
 
@@ -254,6 +257,21 @@ def test_global_max_bans_caps_all_groups_together() -> None:
                        start_s=sc.replay.t))
     sc.run(10)
     assert len(sc.port.bans) == 3
+
+
+def test_ticks_with_10k_bans_in_force_and_none_due_do_no_per_ban_work(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The ban book is looked at through its heap's top and its counters, never walked."""
+    now = FakePort().clock_ns
+    in_force = {ipaddress.ip_network(f"198.18.{i >> 8}.{i & 255}/32"): now + 3600 * NS + i for i in range(10_000)}
+    sc = scenario(lab(mitigation={"max_bans": "20k"}), auto_bans=in_force)
+    book = sc.controller._bans
+    book._active = watched = WatchedDict(book._active)
+    popped = count_heap_pops(monkeypatch, bans)
+    heavy_hitter(sc, ATTACKER, 5)
+    sc.run(5)
+    assert sc.controller.attacks()[0].history.banned == [str(ipaddress.ip_network(ATTACKER))]
+    assert sc.controller.stats().bans_active == 10_001
+    assert (popped[0], watched.walks) == (0, 0), "no ban looked at, none expired"
 
 
 # --- carpet bombing ------------------------------------------------------------------------------
@@ -268,13 +286,13 @@ def test_carpet_bombing_across_many_hosts_gets_a_prefix_rule() -> None:
     sc.run(5)
     (attack,) = sc.controller.attacks()
     assert (attack.vector, attack.flood) == ("carpet_bombing", "udp_flood")
-    assert attack.host is None and attack.prefixes == ["203.0.113.0/24"]
-    assert attack.hosts_hit >= 8
+    assert attack.aim.host is None and attack.aim.prefixes == ["203.0.113.0/24"]
+    assert attack.aim.hosts_hit >= 8
     assert len(attack.to_dict()["top_destinations"]) == 10
     (rule,) = sc.port.rules
     assert rule.dst == ipaddress.ip_network("203.0.113.0/24") and rule.proto == 17
     # Spoofed sources to random ephemeral ports: dropped, services below 1024 spared.
-    assert attack.spoofed
+    assert attack.evidence.spoofed
     assert rule.action == RuleAction.DROP and rule.dport == (1024, 65535)
 
 
@@ -287,7 +305,7 @@ def test_a_carpet_from_real_sources_gets_an_aggregate_limit_not_a_drop() -> None
         sc.replay.add(Flow(h, gid, TrafficClass.UDP, 5_000, dport=None, start_s=sc.replay.t, sources=botnet))
     sc.run(5)
     (attack,) = sc.controller.attacks()
-    assert attack.vector == "carpet_bombing" and not attack.spoofed
+    assert attack.vector == "carpet_bombing" and not attack.evidence.spoofed
     (rule,) = sc.port.rules
     assert rule.action == RuleAction.RATE_LIMIT and rule.pps >= 20_000
 
@@ -311,7 +329,7 @@ def test_escalation_needed_once_per_attack_when_the_group_uplink_is_full() -> No
     assert first["target"] == [str(WEB)]
     # It stopped for 2 s (the attack held on) and came back: signalled once more.
     assert len(events(logs, "escalation_needed")) == 2
-    assert attack.escalated and len(attack.escalations) == 2
+    assert attack.history.escalated and len(attack.history.escalations) == 2
     assert sc.controller.stats().escalations_total == 2
 
 
@@ -325,7 +343,7 @@ def test_escalation_needed_when_total_inbound_fills_the_uplink() -> None:
     first, second = events(logs, "escalation_needed")
     assert first["scope"] == "total" and first["capacity_pps"] == 500_000 and first["attack_ids"] == []
     (attack,) = sc.controller.attacks()
-    assert second["scope"] == "total" and second["attack_ids"] == [attack.id] and attack.escalated
+    assert second["scope"] == "total" and second["attack_ids"] == [attack.id] and attack.history.escalated
 
 
 # --- monitor mode ---------------------------------------------------------------------------------
@@ -345,7 +363,7 @@ def test_monitor_mode_detects_and_records_everything_but_only_writes_monitor_onl
     assert all(a.monitor for a in attacks.values())
     assert sc.port.rules and all(r.monitor for r in sc.port.rules)
     assert sc.port.bans and all(b.monitor for b in sc.port.bans.values())
-    applied = [m for a in attacks.values() for m in a.mitigations if m.action == "applied"]
+    applied = [m for a in attacks.values() for m in a.history.mitigations if m.action == "applied"]
     assert {m.step for m in applied} == {"tighten", "rule", "ban", "syn_auth"}
     assert all(m.monitor for m in applied)
     assert all(e["monitor"] for e in events(logs, "mitigation_applied"))
@@ -527,7 +545,7 @@ def test_events_come_in_order_even_when_the_first_step_bans() -> None:
     assert names[0] == "attack_started" and names[-1] == "attack_ended"
     assert "mitigation_applied" in names
     (attack,) = sc.controller.attacks(active=False, recent=1)
-    assert attack.steps == ["ban"] and attack.bans == 1 and sc.port.written("tighten") == []
+    assert attack.ladder.steps == ["ban"] and attack.history.bans == 1 and sc.port.written("tighten") == []
 
 
 def test_a_detect_only_ladder_writes_nothing() -> None:
@@ -536,7 +554,7 @@ def test_a_detect_only_ladder_writes_nothing() -> None:
     writes = len(sc.port.writes)
     sc.run(5)
     (attack,) = sc.controller.attacks()
-    assert attack.vector == "syn_flood" and attack.notes == ["ladder is empty: detect only"]
+    assert attack.vector == "syn_flood" and attack.history.notes == ["ladder is empty: detect only"]
     assert len(sc.port.writes) == writes and attack.time_to_mitigate_s is None
 
 
@@ -556,7 +574,7 @@ def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
     office = sc.gid("office")
     sc.replay.add(Flow(ipaddress.ip_address("198.51.100.20"), office, TrafficClass.UDP, 5000, sources=CLIENTS))
     sc.run(5)
-    assert sc.controller._baseline.seen[office].any()
+    assert sc.controller.watch.baseline.seen[office].any()
     data = lab_data()
     data["protect"][1] = {"name": "lab2", "prefixes": ["192.0.2.128/25"]}
     new = Policy.model_validate(data)
@@ -565,8 +583,8 @@ def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
     compiled = compile_policy(new)
     assert compiled.group_ids["lab2"] == office, "the freed id is reused"
     sc.controller.update_policy(new, compiled)
-    assert not sc.controller._baseline.seen[office].any()
-    assert sc.controller._baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
+    assert not sc.controller.watch.baseline.seen[office].any()
+    assert sc.controller.watch.baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
 
 
 def test_a_carpet_attack_stays_a_carpet_attack_through_its_hold_down() -> None:
@@ -580,7 +598,7 @@ def test_a_carpet_attack_stays_a_carpet_attack_through_its_hold_down() -> None:
                            start_s=sc.replay.t, stop_s=stop))
     sc.run(60)
     (attack,) = sc.controller.attacks(active=False, recent=1)
-    assert not attack.active and attack.vector == "carpet_bombing" and attack.host is None
+    assert not attack.active and attack.vector == "carpet_bombing" and attack.aim.host is None
 
 
 def test_a_syn_flood_on_an_always_authenticated_group_says_so() -> None:
@@ -590,6 +608,19 @@ def test_a_syn_flood_on_an_always_authenticated_group_says_so() -> None:
     sc.run(3)
     (attack,) = sc.controller.attacks()
     assert attack.vector == "syn_flood"
-    (entry,) = [m for m in attack.mitigations if m.step == "syn_auth"]
+    (entry,) = [m for m in attack.history.mitigations if m.step == "syn_auth"]
     assert entry.detail == {"always": True} and entry.action == "applied"
     assert sc.port.written("syn_auth") == [], "nothing to switch on: the program challenges already"
+
+
+def test_an_always_authenticated_group_has_no_syn_auth_to_lift_when_the_attack_ends() -> None:
+    sc = scenario(with_group(syn_auth="always"))
+    t = sc.replay.t
+    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.TCP_SYN, 300_000, size=60, dport=443, start_s=t,
+                       stop_s=t + 3))
+    with capture_logs() as logs:
+        sc.run(15)
+    (attack,) = sc.controller.attacks(active=False, recent=1)
+    assert [(m.step, m.action) for m in attack.history.mitigations if m.step == "syn_auth"] == [("syn_auth", "applied")]
+    assert events(logs, "mitigation_removed", step="syn_auth") == []
+    assert attack.to_dict()["ladder_steps"] == ["tighten", "rule", "ban"], "syn_auth is no ladder step"

@@ -1,7 +1,7 @@
 """agent/control/detect.py (with baseline.py): when attacks start and end, on synthetic series.
 
 Series are replayed through the whole controller with an injected clock
-(agent/control/synthetic.py): hours of traffic in a second or two.
+(tests/unit/synthetic.py): hours of traffic in a second or two.
 """
 
 from __future__ import annotations
@@ -68,7 +68,7 @@ def test_gradual_doubling_over_ten_minutes_is_not_an_attack() -> None:
     with capture_logs() as logs:
         sc.run(3600 + 600 + 1800)
     assert events(logs, "attack_started") == []
-    baseline = sc.controller._baseline
+    baseline = sc.controller.watch.baseline
     assert baseline.mean_pps[1, TrafficClass.UDP] > 8000, "the baseline followed the new level"
 
 
@@ -150,7 +150,7 @@ def test_hold_down_ends_the_attack_after_the_flood_stops() -> None:
     assert ended["reason"] == "hold_down"
     assert 100 <= ended["duration_s"] <= 100 + hold + 2 * sc.tick_s
     (record,) = sc.controller.attacks(active=False, recent=1)
-    assert not record.active and record.end_reason == "hold_down"
+    assert not record.active and record.end.reason == "hold_down"
 
 
 def test_the_baseline_does_not_learn_an_attack() -> None:
@@ -160,7 +160,7 @@ def test_the_baseline_does_not_learn_an_attack() -> None:
     with capture_logs() as logs:
         sc.run(1800 + 3 * 3600 + 60)
     assert len(events(logs, "attack_started")) == 1 and len(events(logs, "attack_ended")) == 1
-    mean = sc.controller._baseline.mean_pps[1, TrafficClass.UDP]
+    mean = sc.controller.watch.baseline.mean_pps[1, TrafficClass.UDP]
     assert 1500 < mean < 3000, f"baseline mean {mean:.0f} learned the flood"
 
 
