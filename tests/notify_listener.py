@@ -1,6 +1,6 @@
 """The systemd side of sd_notify, for tests: a real AF_UNIX datagram socket to pass as NOTIFY_SOCKET.
 
-Used by tests/unit/test_sdnotify.py and by the daemon's live notify test
+Used by tests/unit/test_daemon_sdnotify.py and by the daemon's live notify test
 (READY only after attach, WATCHDOG, RELOADING … READY, STOPPING):
 
     with NotifyListener(tmp_path) as listener:

@@ -123,6 +123,21 @@ class MapPort:
             g.syn_auth_expires = expires_ns
         self.maps["groups"].set(gid, g)
 
+    # --- per-source buckets -----------------------------------------------------
+
+    def read_bucket(self, family: int, addr: int, gid: int, cls: int) -> abi.Bucket | None:
+        """One source's token bucket towards a group for a class, or None.
+
+        ``addr`` is the bucket's address: an IPv4 source, or an IPv6 source
+        already masked to the bucket prefix length (config ``v6_bucket_len``).
+        """
+        if family == 4:
+            k4 = abi.BucketKey4(addr=words(4, addr)[0], group=gid, cls=cls)
+            return self.maps["buckets4"].get(k4)
+        k6 = abi.BucketKey6(group=gid, cls=cls)
+        k6.addr[:] = words(6, addr)
+        return self.maps["buckets6"].get(k6)
+
     # --- rules ----------------------------------------------------------------
 
     def set_rules(self, rules: Sequence[RuleSpec]) -> None:
@@ -202,6 +217,12 @@ class MapPort:
             fam = int(k.family)
             out[(fam, from_words(fam, k.addr))] = v
         return out
+
+    def read_dst_counter(self, family: int, addr: int) -> abi.DstCounter | None:
+        """One protected destination's counters (summed over CPUs), or None."""
+        k = abi.DstKey(family=family)
+        k.addr[:] = words(family, addr)
+        return self.maps["dst_stats"].get(k)
 
     def read_rule_stats(self) -> list[tuple[int, int]]:
         t = self.maps["rule_stats"]

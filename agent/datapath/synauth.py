@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import ipaddress
 import os
+from typing import TYPE_CHECKING
 
 from agent.contract.keys import words
+
+if TYPE_CHECKING:
+    from .mapport import MapPort
 
 _MASK = (1 << 64) - 1
 
@@ -69,3 +73,10 @@ def cookie(key: tuple[int, int], client: str, server: str, cport: int, sport: in
 def new_key() -> tuple[int, int]:
     raw = os.urandom(16)
     return int.from_bytes(raw[:8], "little"), int.from_bytes(raw[8:], "little")
+
+
+def rotate_keys(port: MapPort) -> None:
+    """A new current key; the current one becomes the previous (a fresh one when none was set yet)."""
+    cur = port.read_config().syn_key[0]
+    previous = (int(cur.k0), int(cur.k1)) if cur.k0 or cur.k1 else new_key()
+    port.set_syn_keys(current=new_key(), previous=previous)

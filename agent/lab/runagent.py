@@ -26,7 +26,7 @@ from typing import Any, Self
 
 import yaml
 
-from agent.api import ClientError, RequestError, call
+from agent.daemon.api import ClientError, RequestError, call
 from agent.datapath import attach, loader
 from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps

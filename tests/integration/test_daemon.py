@@ -7,6 +7,7 @@ target namespace, where the agent runs.
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import threading
@@ -134,6 +135,44 @@ def test_cli_verbs_against_a_running_daemon(agent: AgentProc, traffic: Traffic) 
     assert "detached" in res
     assert agent.proc is not None and agent.proc.wait(20) == 0
     assert agent.xdp_prog_id() == 0 and not Path(agent.pin_root).exists(), agent.log()[-3000:]
+
+
+def ticks_so_far(agent: AgentProc) -> int:
+    """Control ticks the agent has run (its tick histogram's count, from its metrics endpoint)."""
+    import urllib.request
+
+    url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
+    body = agent.pair.topology.call(agent.pair.target.ns, lambda: urllib.request.urlopen(url, timeout=10).read())
+    (line,) = [ln for ln in body.decode().splitlines() if ln.startswith("floodguard_tick_duration_seconds_count")]
+    return int(float(line.rsplit(" ", 1)[1]))
+
+
+def wait_ticks(agent: AgentProc, n: int, timeout: float = 60) -> None:
+    until = ticks_so_far(agent) + n
+    deadline = time.monotonic() + timeout
+    while ticks_so_far(agent) < until:
+        assert time.monotonic() < deadline, f"the agent ran fewer than {n} ticks in {timeout} s"
+        time.sleep(0.1)
+
+
+def test_the_state_file_is_written_when_something_changes_not_every_tick(agent: AgentProc) -> None:
+    agent.start()
+    path = agent.dir / "state" / "state.json"
+
+    def version() -> tuple[int, int]:
+        st = path.stat()  # every save is a new file renamed over the old one
+        return st.st_ino, st.st_mtime_ns
+
+    at_start = version()
+    wait_ticks(agent, 8)
+    assert version() == at_start, "ticks that changed nothing rewrote the state file"
+    agent.cli("ban", BANNED, "--ttl", "1h", "--reason", "cadence")
+    after_ban = version()
+    assert after_ban != at_start  # saved before the verb answered
+    saved = json.loads(path.read_text())
+    assert [(e["prefix"], e["reason"]) for e in saved["entries"]] == [(f"{BANNED}/32", "cadence")]
+    wait_ticks(agent, 8)
+    assert version() == after_ban
 
 
 def test_dead_daemon_says_so(tmp_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""agent/sdnotify.py against a real AF_UNIX datagram socket: the exact bytes systemd would read."""
+"""agent/daemon/sdnotify.py against a real AF_UNIX datagram socket: the exact bytes systemd would read."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 from notify_listener import NotifyListener
 from structlog.testing import capture_logs
 
-from agent.sdnotify import Notifier, NotifyError, monotonic_usec, parse_address
+from agent.daemon.sdnotify import Notifier, NotifyError, monotonic_usec, parse_address
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -171,7 +171,7 @@ def test_a_child_process_notifies_with_its_own_pid(listener: NotifyListener) -> 
     """The way the daemon's live test uses the listener: env in, messages with the child's PID out."""
     code = (
         "import os\n"
-        "from agent.sdnotify import Notifier\n"
+        "from agent.daemon.sdnotify import Notifier\n"
         "n = Notifier.from_env()\n"
         "n.ready(status='up')\n"
         "n.stopping()\n"

@@ -19,9 +19,9 @@ from scapy.packet import Raw
 
 from agent.contract import abi
 from agent.contract.keys import prefix_key
+from agent.daemon.reload import PolicyRuntime
 from agent.datapath import bpfsys as sysbpf
 from agent.policy.watch import PolicyWatcher
-from agent.reload import PolicyRuntime
 
 CAPACITY = """
 capacity:

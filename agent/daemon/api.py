@@ -4,8 +4,9 @@ A Unix stream socket (default /run/floodguard/control.sock, mode 0660,
 group from the policy) speaking one JSON object per line: a request
 {"verb": ..., "args": {...}} and a response {"ok": true, "result": ...} or
 {"ok": false, "error": "one sentence"}. Requests are served on their own
-threads so a slow client never stalls the control loop; the agent
-serialises them with its lock.
+threads so a slow client never stalls the control loop; the verb table
+(agent/daemon/verbs.py) validates them and serialises them with the agent's
+lock.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 import socket
 import socketserver
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +27,8 @@ import structlog
 
 log = structlog.get_logger()
 
-Handler = Callable[[str, dict[str, Any]], Any]
+#: Serves one request: (verb, arguments) -> the result to send back; raises RequestError to refuse it.
+Handler = Callable[[str, Mapping[str, object]], object]
 MAX_REQUEST = 1 << 20
 
 
@@ -60,7 +62,7 @@ class _Connection(socketserver.StreamRequestHandler):
             if not isinstance(args, dict):
                 raise RequestError("args must be an object")
             result = server.handler(req["verb"], args)
-            resp: dict[str, Any] = {"ok": True, "result": result}
+            resp: dict[str, object] = {"ok": True, "result": result}
         except (RequestError, ValueError) as e:
             resp = {"ok": False, "error": str(e)}
         except Exception as e:  # a bug must not kill the agent: report it
@@ -105,7 +107,7 @@ class ControlServer:
             self.path.unlink()
 
 
-def call(path: Path | str, verb: str, args: dict[str, Any] | None = None, timeout: float = 30.0) -> Any:
+def call(path: Path | str, verb: str, args: Mapping[str, object] | None = None, timeout: float = 30.0) -> Any:
     """Send one request; return its result or raise ClientError/RequestError."""
     path = str(path)
     s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
