@@ -19,6 +19,7 @@ import struct
 import subprocess
 import sys
 import tempfile
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from types import FrameType
 from typing import Any
@@ -39,46 +40,60 @@ class BenchError(DatapathError):
     """A benchmark could not set itself up; the message says what to do."""
 
 
-# --- a bpffs directory that always goes away --------------------------------
+# --- signals end the run; a bpffs directory that always goes away ---------------
 
 
-def _raise_exit(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
+@contextlib.contextmanager
+def signals_end_the_run() -> Iterator[None]:
+    """SIGTERM and SIGHUP end the run as Ctrl-C does, so every clean-up runs; in this process only.
+
+    While held, SIGTERM and SIGHUP raise SystemExit(128 + signal) and SIGINT
+    raises KeyboardInterrupt, so ``finally`` blocks and ``with`` exits run on
+    any of them; the previous handlers come back afterwards. A signal ignored
+    on purpose (SIGINT of a background job) stays ignored. Outside the main
+    thread, where Python cannot set handlers, it does nothing.
+
+    pyroute2 forks helpers (``IPRoute(netns=...)``, ``netns.create``) that
+    inherit these handlers and a copy of this process's stack, and stops
+    them with SIGTERM; Ctrl-C reaches them too (same process group). A helper
+    that raised instead of dying would unwind the copied stack and run its
+    ``finally`` blocks: the lab's teardown among them, destroying the lab
+    under this process. So in any other process the handler exits at once.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    owner = os.getpid()
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            os._exit(128 + signum)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    wanted = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) != signal.SIG_IGN]
+    previous = {sig: signal.signal(sig, on_signal) for sig in wanted}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 @contextlib.contextmanager
 def pin_root(name: str) -> Iterator[str]:
-    """/sys/fs/bpf/<name>-<pid>, removed with everything in it on the way out.
-
-    SIGTERM and SIGHUP become SystemExit while it is held, so `finally`
-    blocks run on those signals too (SIGINT already raises
-    KeyboardInterrupt); the previous handlers come back afterwards.
-    """
+    """/sys/fs/bpf/<name>-<pid>, removed with everything in it however the run ends
+    (:func:`signals_end_the_run` is held meanwhile)."""
     root = f"{BPFFS}/{name}-{os.getpid()}"
     loader.check_environment(root)
-    previous: dict[signal.Signals, Any] = {}
-    owner = os.getpid()
-
-    def on_signal(signum: int, frame: FrameType | None) -> None:
-        # A forked helper (pyroute2 forks to enter namespaces) inherits this
-        # handler: it must die at once, not unwind a copy of our stack and run
-        # our clean-up (which would tear down the lab being built).
-        if os.getpid() != owner:
-            os._exit(128 + signum)
-        _raise_exit(signum, frame)
-
-    for sig in (signal.SIGTERM, signal.SIGHUP):
-        previous[sig] = signal.signal(sig, on_signal)
-    try:
-        loader.remove_pins(root)
-        os.makedirs(root)
-        yield root
-    finally:
+    with signals_end_the_run():
         try:
             loader.remove_pins(root)
+            os.makedirs(root)
+            yield root
         finally:
-            for old_sig, handler in previous.items():
-                signal.signal(old_sig, handler)
+            loader.remove_pins(root)
 
 
 def share_pins(src_dir: str, dst_dir: str, names: Sequence[str]) -> None:

@@ -16,7 +16,7 @@ Configurations
 --------------
 ``floodguard``        the real program (bpf/floodguard.bpf.c), built and attached natively to
                       ``gw-in`` with the datapath API, with a policy that denies the attackers'
-                      foreign range (198.18.0.0/15) applied through :class:`agent.reload.PolicyRuntime`,
+                      foreign range (198.18.0.0/15) applied through :class:`agent.daemon.reload.PolicyRuntime`,
                       the daemon's own path. Not the daemon: its control loop (counter reads,
                       detection) is not the data plane, and its CPU would only add noise here.
 ``iptables_raw``      ``iptables -t raw -A PREROUTING -s 198.18.0.0/15 -j DROP`` in the gateway
@@ -108,20 +108,20 @@ import math
 import os
 import resource
 import shutil
-import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from types import FrameType
 from typing import Any, Protocol
 
 from agent.contract.clock import NS
 from agent.lab.topology import Lab
 from agent.lab.traffic import DEFAULTS, RECIPES, Flood, LinkCounter, Probe, ProbeStats
+
+from . import _util
 
 CONFIGS = ("floodguard", "iptables_raw", "nftables_ingress", "xdp_filter", "no_filter", "xdp_drop")
 """Every configuration, in the order the table lists them."""
@@ -389,12 +389,12 @@ capacity:
 def load_floodguard(stack: contextlib.ExitStack, lab: Lab, pin_dir: str, workdir: str) -> XdpConfig:
     """Build the real program, apply the bench policy the way the daemon does, return its configuration."""
     from agent.contract import abi
+    from agent.daemon.reload import PolicyRuntime
     from agent.datapath import loader
     from agent.datapath.mapport import MapPort
     from agent.datapath.maps import Maps
     from agent.policy import load_policy
     from agent.policy.compile import compile_policy
-    from agent.reload import PolicyRuntime
 
     itf = lab.gateway_ingress
     path = Path(workdir) / "policy.yaml"
@@ -436,7 +436,6 @@ def load_xdp_drop(stack: contextlib.ExitStack, lab: Lab, pin_dir: str) -> XdpCon
 
 def load_xdp_filter(stack: contextlib.ExitStack, lab: Lab, pin_dir: str) -> XdpConfig:
     """xdp-filter's own object, loaded and filled as `bench datapath` does, every foreign address listed."""
-    from agent.bench import _util
     from agent.bench.datapath import XDP_FILTER_PROGRAM, _fill_xdp_filter, _xdp_filter_actions, find_xdp_filter
 
     path = find_xdp_filter()
@@ -706,53 +705,6 @@ class _Bench:
 # --- the run --------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _signals_end_the_run() -> Iterator[None]:
-    """SIGTERM and SIGHUP end the run as Ctrl-C does, so every cleanup runs; in this process only.
-
-    pyroute2 forks helpers (``IPRoute(netns=...)``, ``netns.create``) that
-    inherit Python's signal handlers and a copy of this process's stack, and
-    stops them with SIGTERM; Ctrl-C reaches them too (same process group). A
-    helper that raised SystemExit or KeyboardInterrupt instead of dying would
-    unwind the copied stack and run its ``finally`` blocks: the lab's teardown
-    among them, destroying the lab under this process (``_util.pin_root``'s
-    SIGTERM handler does exactly that, which is why it is not used here). So
-    in any other process the handler exits at once.
-    """
-    me = os.getpid()
-
-    def handler(signum: int, _frame: FrameType | None) -> None:
-        if os.getpid() != me:
-            os._exit(128 + signum)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
-
-    # A signal ignored on purpose (SIGINT of a background job) stays ignored.
-    wanted = [sig for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP) if signal.getsignal(sig) != signal.SIG_IGN]
-    previous = {sig: signal.signal(sig, handler) for sig in wanted}
-    try:
-        yield
-    finally:
-        for sig, old in previous.items():
-            signal.signal(sig, old)
-
-
-@contextlib.contextmanager
-def _pin_root() -> Iterator[str]:
-    """/sys/fs/bpf/floodguard-bench-e2e-<pid>: every pin of the run, removed with it however the run ends."""
-    from agent.datapath import loader
-
-    root = f"{loader.BPFFS}/floodguard-bench-e2e-{os.getpid()}"
-    loader.check_environment(root)
-    loader.remove_pins(root)
-    os.makedirs(root)
-    try:
-        yield root
-    finally:
-        loader.remove_pins(root)
-
-
 def _order(names: Sequence[str], round_: int) -> list[str]:
     ordered = [n for n in RUN_ORDER if n in names]
     k = round_ % len(ordered)
@@ -835,8 +787,8 @@ def run(
     windows: list[Window] = []
     legit: dict[str, list[ProbeStats]] = {}
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_signals_end_the_run())
-        root = stack.enter_context(_pin_root())
+        # Holds signals_end_the_run: SIGTERM and SIGHUP clean up as Ctrl-C does.
+        root = stack.enter_context(_util.pin_root("floodguard-bench-e2e"))
         workdir = stack.enter_context(tempfile.TemporaryDirectory(prefix="floodguard-bench-e2e-"))
         say("building the lab")
         lab = stack.enter_context(build_lab(run_prefix("e2e"), attackers=1, clients=1, ipv6=False))
@@ -1133,8 +1085,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (E2eError, TopologyError, DatapathError) as e:
         print(f"floodguard bench e2e: {e}", file=sys.stderr)
         return 1
-    from agent.bench import _util
-
     _util.print_result(result, args.json, render)
     return 0
 

@@ -66,19 +66,15 @@ import argparse
 import contextlib
 import errno
 import ipaddress
-import os
 import selectors
 import shutil
-import signal
 import socket
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any, Literal
 
 import numpy as np
@@ -400,34 +396,6 @@ def measure(
 # --- the run ----------------------------------------------------------------------------------------
 
 
-@contextlib.contextmanager
-def _exit_on_signals() -> Iterator[None]:
-    """SIGTERM and SIGHUP become SystemExit while held, so the lab, the daemon and the flood are
-    cleaned up on those too (SIGINT already raises KeyboardInterrupt). Main thread only.
-
-    Only in this process: pyroute2 forks helpers (namespace creation) that
-    inherit the handler and are stopped with SIGTERM; an exception there
-    would unwind this process's stack in the child and tear the lab down
-    from under us. A child exits at once instead.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    me = os.getpid()
-
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
-        if os.getpid() != me:
-            os._exit(128 + signum)
-        raise SystemExit(128 + signum)
-
-    previous = {sig: signal.signal(sig, on_signal) for sig in (signal.SIGTERM, signal.SIGHUP)}
-    try:
-        yield
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
 def run(
     pps: int | None = None,
     connects: int = 100,
@@ -453,7 +421,7 @@ def run(
         raise BenchError("trafgen is missing: install netsniff-ng (make setup)")
     started = time.monotonic()
     out: dict[str, Any] = {"pps": pps, "configs": {}}
-    with _exit_on_signals(), contextlib.ExitStack() as stack:
+    with _util.signals_end_the_run(), contextlib.ExitStack() as stack:
         if lab is None:
             say("building the lab")
             lab = stack.enter_context(build_lab(run_prefix("sa"), attackers=1, clients=1, ipv6=False))
