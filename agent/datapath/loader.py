@@ -68,7 +68,10 @@ class BuildOptions:
     function: str = PROGRAM_NAME
 
     def cflags(self, src: Path) -> list[str]:
-        flags = [f"-I{src}", f'-DFG_PIN_DIR="{self.pin_dir}"']
+        # Every warning is an error: the program runs on every packet, and a
+        # warning there (an unused result, a mismatched type) is a bug until
+        # shown otherwise. The bench and lab programs are built here too.
+        flags = ["-Wall", "-Werror", f"-I{src}", f'-DFG_PIN_DIR="{self.pin_dir}"']
         flags += [f"-D{k}={v}" for k, v in self.capacity.defines().items()]
         if self.bench is not None:
             flags.append("-DFG_BENCH=1")

@@ -102,6 +102,15 @@ def test_compile_error_carries_clangs_message(pin_dir: str) -> None:
     assert "error: use of undeclared identifier 'fg_no_such_identifier'" in msg
 
 
+def test_a_warning_fails_the_build(pin_dir: str) -> None:
+    """-Wall -Werror: a warning in the program is an error, with clang's words."""
+    with pytest.raises(BuildError) as err:
+        loader.build(broken(pin_dir, "warning.c", "xdp_warns"))
+    msg = str(err.value)
+    assert "BCC could not compile" in msg and "warning.c" in msg
+    assert "error: unused variable 'fg_unused' [-Werror,-Wunused-variable]" in msg
+
+
 def test_unknown_interface(program: loader.Program) -> None:
     with pytest.raises(UnknownInterfaceError) as err:
         attach("fgnosuch0", program.fd)
