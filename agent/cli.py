@@ -52,14 +52,45 @@ def _schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _require_lab_extra(verb: str) -> None:
+    """The demo and the benchmarks need the lab extra (pyproject.toml); without it, one sentence says how to get it.
+
+    Checked against the installed distribution's own requirements, before a
+    run starts: the demo would otherwise find matplotlib missing only when it
+    draws its timeline, a minute in. A source tree that is not installed has
+    nothing to check against and runs as it is.
+    """
+    import re
+    from importlib import metadata
+
+    try:
+        requires = metadata.requires("floodguard") or []
+    except metadata.PackageNotFoundError:
+        return
+    missing = []
+    for req in requires:
+        spec, _, marker = req.partition(";")
+        name = re.match(r"[A-Za-z0-9._-]+", spec.strip())
+        if name is None or not re.search(r"""extra\s*==\s*["']lab["']""", marker):
+            continue
+        try:
+            metadata.distribution(name.group(0))
+        except metadata.PackageNotFoundError:
+            missing.append(name.group(0))
+    if missing:
+        raise CliError(f"{verb} needs the lab extra, which is not installed ({', '.join(missing)} missing): "
+                       f"pip install 'floodguard[lab]' (make {verb} installs it)")
+
+
 def _bench(args: argparse.Namespace) -> int:
+    _require_lab_extra("bench")
     rest = list(args.rest)
     if args.what == "datapath":
-        from agent.bench import datapath  # type: ignore[attr-defined,unused-ignore]
+        from agent.bench import datapath
 
         return int(datapath.main(rest))
     if args.what == "prefixes":
-        from agent.bench import prefixes  # type: ignore[attr-defined,unused-ignore]
+        from agent.bench import prefixes
 
         return int(prefixes.main(rest))
     if args.what == "policy":
@@ -75,7 +106,7 @@ def _bench(args: argparse.Namespace) -> int:
 
         return synauth.main(rest)
     if args.what == "e2e":
-        from agent.bench import e2e  # type: ignore[attr-defined,unused-ignore]
+        from agent.bench import e2e
 
         return int(e2e.main(rest))
     raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes, policy, detection, synauth or e2e")
@@ -102,7 +133,7 @@ def _socket_path(args: argparse.Namespace) -> str:
 
 
 def _call(args: argparse.Namespace, verb: str, **kw: object) -> object:
-    from agent.api import ClientError, RequestError, call
+    from agent.daemon.api import ClientError, RequestError, call
 
     try:
         return call(_socket_path(args), verb, {k: v for k, v in kw.items() if v is not None})
@@ -337,7 +368,7 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    from agent.api import ClientError, RequestError, call
+    from agent.daemon.api import ClientError, RequestError, call
 
     try:
         res = call(_socket_path(args), "detach")
@@ -359,7 +390,8 @@ def _detach(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from agent import demo
+    _require_lab_extra("demo")
+    from agent.lab import demo
 
     return demo.main(["--png", args.png] + (["--short"] if args.short else []))
 

@@ -70,12 +70,16 @@ if [[ ! -x $venv/bin/python ]]; then
     /usr/bin/python3 -m venv --system-site-packages "$venv" || die "cannot create $venv: install python3-venv."
 fi
 "$venv/bin/python" -c 'import bcc' 2>/dev/null || die "python3-bpfcc is installed but 'import bcc' fails in $venv: reinstall python3-bpfcc."
-if [[ ! -f $stamp || $here/pyproject.toml -nt $stamp ]]; then
-    say "installing floodguard and its test extras into $venv"
+# The extras: test (pytest, scapy, linters) and lab (what only the demo and the
+# benchmarks use, matplotlib). The stamp holds them, so a changed list installs
+# again even when pyproject.toml did not change.
+extras="test,lab"
+if [[ ! -f $stamp || $here/pyproject.toml -nt $stamp || $(<"$stamp") != "$extras" ]]; then
+    say "installing floodguard with its extras [$extras] into $venv"
     log="$venv/pip-install.log"
-    if ! "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[test]" >"$log" 2>&1; then
+    if ! "$venv/bin/pip" install -q --disable-pip-version-check -e "$here[$extras]" >"$log" 2>&1; then
         tail -n 20 "$log" >&2
         die "pip install into $venv failed: the full log is $log."
     fi
-    touch "$stamp"
+    printf '%s\n' "$extras" >"$stamp"
 fi

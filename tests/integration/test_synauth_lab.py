@@ -1,4 +1,4 @@
-"""SYN authentication on the lab (issue 6): new users connect through a spoofed SYN flood.
+"""SYN authentication on the lab: new users connect through a spoofed SYN flood.
 
 trafgen floods the protected web server with SYNs from spoofed sources
 while a legitimate client opens new TCP connections with ordinary sockets,
@@ -14,7 +14,7 @@ SYN cookies: its 128-entry SYN queue is what the flood fills.
 
 floodguard is the real daemon in the gateway namespace with the lab policy
 (etc/lab-policy.yaml, its own challenge cap). This is `floodguard bench
-synauth` run short, at a lower flood rate, asserting what the issue asks.
+synauth` run short, at a lower flood rate, asserting the three outcomes above.
 """
 
 from __future__ import annotations

@@ -417,6 +417,12 @@ def test_install_is_idempotent_and_keeps_the_policy(tmp_path: Path) -> None:
                             "print(l.__file__); print(l.source_dir())"],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
     assert all(p.startswith(str(venv)) for p in where), where
+    # The service's venv holds the runtime only: the lab and test extras stay out.
+    listing = ("import importlib.metadata as m, sysconfig; site = sysconfig.get_paths()['purelib']; "
+               "print(*sorted(d.metadata['Name'].lower() for d in m.distributions(path=[site])))")
+    own = subprocess.run([str(venv / "bin/python"), "-c", listing], capture_output=True, text=True,
+                         check=True).stdout.split()
+    assert "floodguard" in own and not {"matplotlib", "scapy", "pytest"} & set(own), own
     check = subprocess.run([str(venv / "bin/floodguard"), "check", str(policy)], capture_output=True, text=True)
     assert check.returncode == 0, check.stdout + check.stderr
 

@@ -1,13 +1,14 @@
 """`floodguard demo`: a real attack, really mitigated, in about 75 seconds.
 
-It builds the lab (agent/lab: attackers with foreign addresses, clients with
+It builds the lab (this package: attackers with foreign addresses, clients with
 domestic ones, a gateway running floodguard on its ingress, a server
 network behind it), starts the agent with etc/lab-policy.yaml, and plays a
 story: calm, a DNS reflection flood, calm, a spoofed SYN flood, calm. A
 live view shows the traffic arriving, what passed and what was dropped and
 why, the attacks and their mitigations, and how the legitimate users fare.
 It ends with a summary per attack and a PNG timeline, and always removes
-the lab.
+the lab. The PNG needs matplotlib, which the lab extra brings
+(``pip install 'floodguard[lab]'``).
 """
 
 from __future__ import annotations
@@ -154,7 +155,7 @@ def run(out: TextIO, png: Path, short: bool = False) -> int:
         _plot(png, rec, summary)
         print(f"\ntimeline: {png}", file=out)
     except ImportError:
-        print("\ntimeline not written: matplotlib is missing (pip install matplotlib)", file=sys.stderr)
+        print("\ntimeline not written: matplotlib is missing: pip install 'floodguard[lab]'", file=sys.stderr)
     ok = sum(1 for s in summary if s["legit_pct"] is not None and s["legit_pct"] >= 95.0)
     print(f"{len(summary)} attack(s) detected; {ok} with legitimate success >= 95% during the attack; "
           f"lab removed", file=out)
