@@ -25,7 +25,7 @@ test-repeat: setup
 	$(PY) scripts/test_repeat.py $(N) -- $(PYTEST_ARGS)
 
 lint: setup
-	$(VENV)/bin/ruff check agent tests
+	$(VENV)/bin/ruff check agent tests scripts
 	$(VENV)/bin/mypy
 
 demo: setup

@@ -42,7 +42,7 @@ def _check(args: argparse.Namespace) -> int:
     return run_check(args.file, sys.stdout, sys.stderr)
 
 
-def _schema(args: argparse.Namespace) -> int:
+def _schema(args: argparse.Namespace) -> int:  # noqa: ARG001 — every verb handler takes the parsed arguments
     import json
 
     from agent.policy.check import json_schema
@@ -327,8 +327,8 @@ def _top(args: argparse.Namespace) -> int:
             res = frame()
             r = res["rates"]
             assert isinstance(r, dict)
-            out = [f"floodguard top — {time.strftime('%H:%M:%S')} — in {_rate(r['pps_in'])} pps, "
-                   f"{_rate(r['bps_in'])}bit/s"]
+            out = [(f"floodguard top — {time.strftime('%H:%M:%S')} — in {_rate(r['pps_in'])} pps, "
+                   f"{_rate(r['bps_in'])}bit/s")]
             out.append("")
             dst = res["destinations"]
             assert isinstance(dst, list)

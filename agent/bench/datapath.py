@@ -663,10 +663,10 @@ def run(
                 runner.notes.append(f"{name}: NOT every packet was {want} ({got_reason}): its number is not "
                                     f"that path")
         result["notes"] = [
-            f"ns per packet: the kernel's mean over {repeat:,} repeats per run, median of {runs} runs after "
-            f"one warm-up run; pinned to CPU {cpu}",
-            f"'1m' tables: {sizes.bans32:,} banned /32s + {sizes.bans16:,} banned /16s + "
-            f"{sizes.bans6:,} IPv6 /48s + one allowlisted /8 in one table, shared by every scenario",
+            (f"ns per packet: the kernel's mean over {repeat:,} repeats per run, median of {runs} runs after "
+            f"one warm-up run; pinned to CPU {cpu}"),
+            (f"'1m' tables: {sizes.bans32:,} banned /32s + {sizes.bans16:,} banned /16s + "
+            f"{sizes.bans6:,} IPv6 /48s + one allowlisted /8 in one table, shared by every scenario"),
             *runner.notes,
         ]
         result["config"] = {"repeat": repeat, "runs": runs, "smoke": smoke, "cpu": cpu,
@@ -721,10 +721,10 @@ def render(result: dict[str, Any]) -> str:
     """The human table (everything in it comes from the result)."""
     cfg = result["config"]
     lines = [
-        f"floodguard bench datapath — ns per packet via BPF_PROG_TEST_RUN, repeat {cfg['repeat']:,}, "
-        f"median of {cfg['runs']} runs",
-        "the source address changes every packet (bench build, -DFG_BENCH); each ratio is against "
-        "XDP_DROP built with the same flags",
+        (f"floodguard bench datapath — ns per packet via BPF_PROG_TEST_RUN, repeat {cfg['repeat']:,}, "
+        f"median of {cfg['runs']} runs"),
+        ("the source address changes every packet (bench build, -DFG_BENCH); each ratio is against "
+        "XDP_DROP built with the same flags"),
         "",
         f"{'scenario':<17} {'ns/pkt':>7} {'x drop':>7}  {'reason':<14} source varies over",
     ]

@@ -914,34 +914,34 @@ def _result(names: Sequence[str], *, windows: Sequence[Window], legit: dict[str,
     link = f"{link_mbit:g} Mbit/s" if link_mbit else "unlimited"
     accounting = _cpu_accounting_note()
     all_notes = [
-        f"flood: one trafgen process, recipe {recipe} from spoofed sources in the foreign range, {pps:,} pps for "
+        (f"flood: one trafgen process, recipe {recipe} from spoofed sources in the foreign range, {pps:,} pps for "
         f"{seconds:g} s per configuration and round ({rounds} round(s)); the gateway's link to the servers "
-        f"{link}",
-        "cpu_ns_per_packet: CPU time of the whole machine (/proc/stat, all CPUs: user+nice+system+irq+softirq+"
+        f"{link}"),
+        ("cpu_ns_per_packet: CPU time of the whole machine (/proc/stat, all CPUs: user+nice+system+irq+softirq+"
         "steal) in each one-second slice of the flood, minus the idle busy rate measured for "
         f"{baseline:g} s just before (same filter installed, no flood), over the packets gw-in received in the "
         "slice; slices far from the median are left out, the rest pooled. cpu_ns_per_packet_raw: every slice, "
-        "nothing subtracted",
-        "attributed_ns_per_packet: the CPU time of trafgen's process tree (rusage; without IRQ time accounting "
+        "nothing subtracted"),
+        ("attributed_ns_per_packet: the CPU time of trafgen's process tree (rusage; without IRQ time accounting "
         "the softirq work done in its context, which is the whole path through the lab, is charged to it) plus "
         f"the ksoftirqd threads, minus trafgen's start-up ({startup_ns / 1e6:.1f} ms per run), over the same "
         "packets: blind to other work on the machine, and to work done from timers in other contexts (the "
-        "server link's queue)",
-        "every figure includes the generator and the upstream router's forwarding, the same in every "
+        "server link's queue)"),
+        ("every figure includes the generator and the upstream router's forwarding, the same in every "
         "configuration: ratios are compressed towards 1; extra_ns_over_xdp_drop is what the configuration adds "
-        "over the cheapest drop",
-        "XDP on a veth is not XDP on a NIC: the packet reaches gw-in as an skb the upstream router built, and "
+        "over the cheapest drop"),
+        ("XDP on a veth is not XDP on a NIC: the packet reaches gw-in as an skb the upstream router built, and "
         "veth's native XDP first moves it through a ring into NAPI and, as it has less than 256 bytes of "
         "headroom, copies it into a fresh page (veth_convert_skb_to_xdp_buff) before the program runs. So every "
         "XDP configuration here pays more per packet than nftables' ingress hook or iptables' raw table, which "
         "drop the skb as it is. On a NIC driver XDP runs on the receive buffer before any skb exists. Compare "
         "the XDP configurations with each other and with xdp_drop; the skb hooks' figures are what they cost "
-        "on a veth",
-        "floodguard: the program and a policy applied with PolicyRuntime (the daemon's path), not the daemon "
-        "process: this is the data plane's CPU",
-        "legitimate success: HTTP probes (new connection + GET, 20/s, 2 s timeout) from a client namespace to "
+        "on a veth"),
+        ("floodguard: the program and a policy applied with PolicyRuntime (the daemon's path), not the daemon "
+        "process: this is the data plane's CPU"),
+        ("legitimate success: HTTP probes (new connection + GET, 20/s, 2 s timeout) from a client namespace to "
         "the server, those started during the flood and settled before it ended; xdp_drop drops every packet, "
-        "legitimate ones too (it is the floor, not a filter), so it has no figure",
+        "legitimate ones too (it is the floor, not a filter), so it has no figure"),
         *([accounting] if accounting else []),
         *notes,
     ]
@@ -969,13 +969,13 @@ def _fmt(x: float | int | None, spec: str) -> str:
 def render(result: dict[str, Any]) -> str:
     """The human table; everything in it comes from the result."""
     lines = [
-        f"floodguard bench e2e — CPU per packet of the whole machine while each configuration drops the same "
+        (f"floodguard bench e2e — CPU per packet of the whole machine while each configuration drops the same "
         f"flood on the gateway's ingress ({result['recipe']}, {result['pps']:,} pps, {result['seconds']:g} s, "
-        f"{result['rounds']} round(s))",
+        f"{result['rounds']} round(s))"),
         "",
         f"{'':<17} {'/proc/stat':^23}  {'attributed':^15}",
-        f"{'config':<17} {'ns/pkt':>7} {'x drop':>7} {'+ns':>7}  {'ns/pkt':>7} {'x drop':>7} {'packets':>10} "
-        f"{'dropped':>10} {'to server':>10} {'legit http':>10}",
+        (f"{'config':<17} {'ns/pkt':>7} {'x drop':>7} {'+ns':>7}  {'ns/pkt':>7} {'x drop':>7} {'packets':>10} "
+        f"{'dropped':>10} {'to server':>10} {'legit http':>10}"),
     ]
     for name, row in result["configs"].items():
         legit = row.get("legit_http_success_pct")
@@ -990,8 +990,8 @@ def render(result: dict[str, Any]) -> str:
     lp = result["legit_success_pct"]
     lines += [
         "",
-        f"legitimate HTTP success during the flood: no filter {_fmt(lp['no_filter'], '.1f')}%, "
-        f"floodguard {_fmt(lp['floodguard'], '.1f')}%",
+        (f"legitimate HTTP success during the flood: no filter {_fmt(lp['no_filter'], '.1f')}%, "
+        f"floodguard {_fmt(lp['floodguard'], '.1f')}%"),
         "",
         "what each configuration is:",
         *(f"  {name:<17} {row['what']}" for name, row in result["configs"].items()),

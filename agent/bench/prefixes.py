@@ -397,8 +397,8 @@ def render(result: dict[str, Any]) -> str:
     cfg = result["config"]
     names = list(result["candidates"])
     lines = [
-        f"floodguard bench prefixes — IPv4 source lookup, ns per packet via BPF_PROG_TEST_RUN, repeat "
-        f"{cfg['repeat']:,}, median of {cfg['runs']} runs",
+        (f"floodguard bench prefixes — IPv4 source lookup, ns per packet via BPF_PROG_TEST_RUN, repeat "
+        f"{cfg['repeat']:,}, median of {cfg['runs']} runs"),
         "the source changes every packet; half the sources are inside a prefix; lookup = ns - none",
         "",
     ]

@@ -461,12 +461,12 @@ def render(result: dict[str, Any]) -> str:
     """The human table (everything in it comes from the result)."""
     s = result["setup"]
     lines = [
-        f"floodguard bench synauth - spoofed SYN flood (trafgen syn_flood, {result['pps']:,} pps) at the web "
+        (f"floodguard bench synauth - spoofed SYN flood (trafgen syn_flood, {result['pps']:,} pps) at the web "
         f"server; {s['connects']} new connections at {s['connect_rate']:g}/s, each from a new source, "
-        f"success = handshake within {s['connect_timeout_s']:g} s",
+        f"success = handshake within {s['connect_timeout_s']:g} s"),
         "",
-        f"{'config':<16} {'connect ok':>10} {'p50 s':>6} {'p95 s':>6} {'backlog drops':>13} "
-        f"{'challenges':>10} {'verified':>8} {'cap drops':>9} {'SYNs passed':>11} {'flood pps':>9}",
+        (f"{'config':<16} {'connect ok':>10} {'p50 s':>6} {'p95 s':>6} {'backlog drops':>13} "
+        f"{'challenges':>10} {'verified':>8} {'cap drops':>9} {'SYNs passed':>11} {'flood pps':>9}"),
     ]
     for name, r in result["configs"].items():
         lines.append(

@@ -70,7 +70,7 @@ class Baseline:
         for mean, var, x in ((self.mean_pps, self.var_pps, pps), (self.mean_bps, self.var_bps, bps)):
             diff = x - mean
             incr = alpha * diff
-            mean += np.where(rest, incr, 0.0)
+            np.add(mean, np.where(rest, incr, 0.0), out=mean)  # in place: mean is self.mean_pps/bps
             var[...] = np.where(rest, (1.0 - alpha) * (var + diff * incr), var)
         self.learned_s += np.where(mask, dt, 0.0)
 

@@ -73,7 +73,7 @@ class PolicyRuntime:
             if self.compiled is not None and compiled.capacity != self.compiled.capacity:
                 raise ValueError("restart required: capacity changed")
             stats = apply_policy(self.port, compiled.desired, self.compiled.desired if self.compiled else None)
-        except Exception as e:  # anything the kernel says: the old entries stay (additions came first)
+        except Exception as e:  # noqa: BLE001 — anything the kernel says: the old entries stay (additions came first)
             return self._reject(trigger, [f"{self.path}: cannot apply: {e}"], warnings, start)
         self.policy, self.compiled = new, compiled
         self.loaded_at = time.time()

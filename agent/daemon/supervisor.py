@@ -268,7 +268,7 @@ class Supervisor:
         return Capture.of(p.port.addresses.records(), p.reasons, compiled.group_ids if compiled else {},
                           self._ban_counts)
 
-    # ------------------------------------------------------------------ actions (verbs.Actions)
+    # ------------------------------------------------------------------ what the verbs may ask of the agent
 
     def reload(self, trigger: str) -> dict[str, object]:
         p = self._running()

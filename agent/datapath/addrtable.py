@@ -722,9 +722,7 @@ class AddressTable:
                 have_by_block[b] = [a for a in range(base, base + 256) if a in self._host4]
         for b in blocks:
             want = self._block_hosts(b)
-            for a, v in want.items():
-                if self._host4.get(a) != v:
-                    adds[a] = v
+            adds.update({a: v for a, v in want.items() if self._host4.get(a) != v})
             dels.extend(a for a in have_by_block.get(b, ()) if a not in want)
         return adds, dels
 

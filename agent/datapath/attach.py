@@ -439,9 +439,9 @@ class ForeignDetachError(ForeignProgramError):
     def __init__(self, ifname: str, prog_name: str, prog_id: int) -> None:
         super().__init__(ifname, prog_name, prog_id)
         self.args = (
-            f"{ifname} runs another XDP program ({prog_name or 'unnamed'}, id {prog_id}), not "
+            (f"{ifname} runs another XDP program ({prog_name or 'unnamed'}, id {prog_id}), not "
             f"floodguard's; it was left in place: remove it with `xdp-loader unload {ifname} --all` "
-            "or detach with --force",
+            "or detach with --force"),
         )
 
 

@@ -180,7 +180,7 @@ def build(options: BuildOptions | None = None) -> Program:
     with _capture_stderr() as err:
         try:
             bpf = BPF(src_file=str(src / options.source).encode(), cflags=options.cflags(src))
-        except Exception as e:
+        except Exception as e:  # noqa: BLE001 — BCC raises a bare Exception on compile errors
             compiled = False
             exc: Exception | None = e
         else:

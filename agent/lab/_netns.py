@@ -123,7 +123,7 @@ def run_in_thread(name: str, fn: Callable[[], T]) -> T:
                     os.close(home)
             finally:
                 os.close(target)
-        except BaseException as exc:  # re-raised in the caller's thread
+        except BaseException as exc:  # noqa: BLE001 — re-raised in the caller's thread
             failure.append(exc)
 
     thread = threading.Thread(target=body, name=f"netns:{name}", daemon=True)
@@ -141,11 +141,11 @@ def _child_main(name: str, fn: Callable[[], Any], wfd: int) -> None:
             setns(target)
             os.close(target)
             payload: tuple[bool, Any] = (True, fn())
-        except BaseException as exc:
+        except BaseException as exc:  # noqa: BLE001 — sent back to the parent and re-raised there
             payload = (False, (type(exc).__name__, str(exc), traceback.format_exc()))
         try:
             data = pickle.dumps(payload)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 — sent back to the parent and re-raised there
             data = pickle.dumps((False, (type(exc).__name__, f"result cannot be pickled: {exc}", "")))
         view = memoryview(data)
         while view:
@@ -189,7 +189,7 @@ def run_in_child(name: str, fn: Callable[[], T], *, timeout: float = 30.0) -> T:
         os.waitpid(pid, 0)
     if not chunks:
         raise NamespaceCallError(f"child process for namespace {name!r} exited without a result")
-    ok, value = pickle.loads(b"".join(chunks))
+    ok, value = pickle.loads(b"".join(chunks))  # noqa: S301 — our own forked child's answer, over a pipe we created
     if ok:
         return value  # type: ignore[no-any-return]
     kind, message, child_tb = value

@@ -84,7 +84,7 @@ def _legit(probes: dict[str, Any], since: float, until: float) -> float | None:
     return worst
 
 
-def run(out: TextIO, png: Path, short: bool = False) -> int:
+def run(out: TextIO, png: Path, short: bool = False) -> int:  # noqa: PLR0915 — the demo's script, act by act, reads top to bottom
     from agent.datapath.errors import DatapathError
     from agent.lab.runagent import LabAgent
     from agent.lab.scenarios import SCENARIOS
@@ -222,9 +222,9 @@ def _print_summary(out: TextIO, rows: list[dict[str, Any]]) -> None:
 
 
 def _plot(png: Path, rec: Recorder, summary: list[dict[str, Any]]) -> None:
-    import matplotlib
+    import matplotlib as mpl
 
-    matplotlib.use("Agg")
+    mpl.use("Agg")
     import matplotlib.pyplot as plt
 
     t = [p.t for p in rec.points]

@@ -157,7 +157,7 @@ class LabAgent:
     def cli(self, *args: str) -> str:
         """Run the real CLI against this agent; its standard output."""
         out = subprocess.run([sys.executable, "-m", "agent.cli", *args, "--socket", str(self.socket_path)],
-                             capture_output=True, text=True, timeout=60)
+                             capture_output=True, text=True, timeout=60, check=False)
         if out.returncode != 0:
             raise RuntimeError(f"floodguard {' '.join(args)}: {out.stderr.strip()}")
         return out.stdout

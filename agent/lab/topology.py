@@ -547,7 +547,7 @@ class Topology:
                 continue
             try:
                 _destroy_namespace(ns, ino)
-            except Exception as exc:
+            except Exception as exc:  # noqa: BLE001 — teardown goes on and reports every failure at the end
                 problems.append(f"{ns}: {_netlink_reason(exc)}")
         removed = list(self._inodes)
         self._inodes.clear()
@@ -741,7 +741,7 @@ class Topology:
         with self._step("bring interface up", ns, ifname), self._ipr(ns) as ipr:
             ipr.link("set", index=self._lookup(ipr, ns, ifname), state="up")
 
-    def _read_iface(self, link: Link, end: End, peer: End) -> Iface:
+    def _read_iface(self, link: Link, end: End, peer: End) -> Iface:  # noqa: ARG002 — one signature for every link kind
         ns, ifname = self.prefix + end.node, self.ifname(end.ifname)
         deadline = time.monotonic() + 5.0
         with self._step("wait for carrier", ns, ifname), self._ipr(ns) as ipr:
@@ -843,7 +843,7 @@ class Topology:
         return subprocess.run(self.nsenter_argv(ns, argv), check=check, timeout=timeout, **kwargs)
 
     def socket(
-        self, ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM, proto: int = 0
+        self, ns: str, family: int = socket.AF_INET, type: int = socket.SOCK_DGRAM, proto: int = 0  # noqa: A002 — socket.socket's own parameter names
     ) -> socket.socket:
         """A socket that lives in namespace ``ns`` (created by a thread that entered it)."""
         return _netns.run_in_thread(self.netns(ns), lambda: socket.socket(family, type, proto))

@@ -614,7 +614,7 @@ class Policy(_Model):
 
     def group_mitigation(self, group: Group) -> Mitigation:
         """The mitigation settings that apply to ``group``: global ones overridden by the group's."""
-        update = {k: v for k, v in group.mitigation.model_dump(exclude_none=True).items()}
+        update = dict(group.mitigation.model_dump(exclude_none=True).items())
         return self.mitigation.model_copy(update=update)
 
     def run_blockers(self) -> list[str]:

@@ -179,12 +179,13 @@ class PolicyWatcher:
         for pattern in self._globs:
             wanted.add(_literal_dir(pattern))
         watch: set[str] = set()
-        for directory in wanted:
+        for wanted_dir in wanted:
             # A directory that does not exist yet (conf.d not created) is watched through
             # its nearest existing parent, so its creation is noticed.
-            while directory != "/" and not os.path.isdir(directory):
-                directory = os.path.dirname(directory)
-            watch.add(directory)
+            existing = wanted_dir
+            while existing != "/" and not os.path.isdir(existing):
+                existing = os.path.dirname(existing)
+            watch.add(existing)
         for directory in list(self._dirs):
             if directory not in watch:
                 wd = self._dirs.pop(directory)

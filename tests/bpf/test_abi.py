@@ -49,7 +49,7 @@ def test_mirror_matches_compiled_header() -> None:
     with loader._capture_stderr() as err:
         try:
             BPF(text=text.encode(), cflags=[f"-I{src}"])
-        except Exception as e:  # BCC raises a bare Exception on compile errors
+        except Exception as e:  # noqa: BLE001 — BCC raises a bare Exception on compile errors
             failed: Exception | None = e
         else:
             failed = None

@@ -121,7 +121,7 @@ def test_twenty_reloads_while_a_banned_source_floods(h: Harness, tmp_path: Path)
         step("fixed again", lambda: policy.write_text(policy_text()), True)
         step("broken: unknown key", lambda: policy.write_text(policy_text().replace("prefixes:", "prefixs:", 1)),
              False)
-        step("deleted", lambda: policy.unlink(), False)
+        step("deleted", policy.unlink, False)
         step("restored by rename", lambda: write_atomically(policy, policy_text()), True)
         step("renamed over, new limit", lambda: write_atomically(policy, policy_text(limit="2k")), True)
         step("broken: host bits", lambda: write_atomically(policy, policy_text("192.0.2.1/24")), False)
@@ -136,10 +136,10 @@ def test_twenty_reloads_while_a_banned_source_floods(h: Harness, tmp_path: Path)
         step("included file broken",
              lambda: (tmp_path / "conf.d" / "extra.yaml").write_text("deny:\n  prefixes: [100.64.0.1/10]\n"),
              False)
-        step("included file removed", lambda: (tmp_path / "conf.d" / "extra.yaml").unlink(), True)
+        step("included file removed", (tmp_path / "conf.d" / "extra.yaml").unlink, True)
         step("ban list emptied of the extra entry",
              lambda: policy.write_text(include_line + policy_text("192.0.2.192/26")), True)
-        step("deleted again", lambda: policy.unlink(), False)
+        step("deleted again", policy.unlink, False)
         step("renamed back", lambda: write_atomically(policy, policy_text()), True)
         step("second group added", lambda: policy.write_text(policy_text().replace(
             "protect:\n", "protect:\n  - name: dns\n    prefixes: [192.0.2.0/28]\n")), True)

@@ -132,7 +132,7 @@ def test_fuzz_allowlisted_sources_are_never_dropped(h: Harness) -> None:
     h.allow("::/0")
     h.ban("198.51.100.0/24", origin=abi.Origin.AUTO)
     h.protect({"203.0.113.0/24": 1})
-    h.limits(1, {c: (1, 0, 1) for c in abi.LIMIT_CLASS_LIST})
+    h.limits(1, dict.fromkeys(abi.LIMIT_CLASS_LIST, (1, 0, 1)))
     before = h.port.read_stats()[..., 0].sum(axis=(0, 2, 3))
     parseable = 0
     for _ in range(PACKETS_PER_PHASE):

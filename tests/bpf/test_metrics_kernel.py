@@ -90,7 +90,7 @@ def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     }
 
 
-def L(**kw: str) -> tuple[tuple[str, str], ...]:
+def L(**kw: str) -> tuple[tuple[str, str], ...]:  # noqa: N802 — L(...) reads as a label set in the assertions
     return tuple(sorted(kw.items()))
 
 

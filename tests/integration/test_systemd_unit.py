@@ -413,8 +413,8 @@ def test_install_is_idempotent_and_keeps_the_policy(tmp_path: Path) -> None:
     assert f"installed the default policy as {policy}" in first.stdout
 
     # Non-editable: the installed package lives in the venv, not in the checkout.
-    where = subprocess.run([str(venv / "bin/python"), "-c", "import agent.datapath.loader as l; "
-                            "print(l.__file__); print(l.source_dir())"],
+    where = subprocess.run([str(venv / "bin/python"), "-c", ("import agent.datapath.loader as l; "
+                            "print(l.__file__); print(l.source_dir())")],
                            capture_output=True, text=True, cwd=tmp_path, check=True).stdout.split()
     assert all(p.startswith(str(venv)) for p in where), where
     # The service's venv holds the runtime only: the lab and test extras stay out.

@@ -30,13 +30,13 @@ def attack(host: str | None = "203.0.113.5", prefixes: tuple[str, ...] = (), **k
         located = Target(False, ipaddress.ip_address(host))
     else:
         located = Target(True, prefixes=tuple(ipaddress.ip_network(p) for p in prefixes))
-    base: dict[str, object] = dict(
-        id="20270115T080000Z-1", group="servers", gid=1, cls=TrafficClass.UDP, start_ns=10 * NS,
-        first_over_ns=9 * NS, started_at="2027-01-15T08:00:00.000Z",
-        thresholds=Thresholds(20_000.0, float("inf"), None), monitor=False,
-        evidence=Evidence(AttackSamples(100)), aim=Aim(located),
-        shape=Shape(Classification(Vector.UDP_REFLECTION, "ntp")),
-    )
+    base: dict[str, object] = {
+        "id": "20270115T080000Z-1", "group": "servers", "gid": 1, "cls": TrafficClass.UDP, "start_ns": 10 * NS,
+        "first_over_ns": 9 * NS, "started_at": "2027-01-15T08:00:00.000Z",
+        "thresholds": Thresholds(20_000.0, float("inf"), None), "monitor": False,
+        "evidence": Evidence(AttackSamples(100)), "aim": Aim(located),
+        "shape": Shape(Classification(Vector.UDP_REFLECTION, "ntp")),
+    }
     base.update(kw)
     return Attack(**base)  # type: ignore[arg-type]
 

@@ -34,7 +34,7 @@ class Addresses:
         self.calls.append(("set_record", *args))
         return True
 
-    def commit(self, now: int) -> int:
+    def commit(self, now: int) -> int:  # noqa: ARG002 — the fake keeps the real commit's signature
         self.calls.append(("commit",))
         return 1
 
@@ -77,7 +77,7 @@ def test_reads_become_arrays_and_samples() -> None:
 def test_writes_use_mapports_terms_with_origin_auto() -> None:
     maps = stand_in()
     policy_rule = RuleSpec(dst=ipaddress.ip_network("10.0.0.0/8"), origin=abi.Origin.POLICY)
-    port = KernelPort(maps, reason_id=lambda text: len(text), other_rules=lambda: [policy_rule])  # type: ignore[arg-type]
+    port = KernelPort(maps, reason_id=len, other_rules=lambda: [policy_rule])  # type: ignore[arg-type]
     port.tighten(3, [ClassLimit(100, 800_000, 200)] * 6, 99)
     (name, gid, rates, expires, origin) = maps.calls[-1]
     assert (name, gid, expires, origin) == ("tighten", 3, 99, abi.Origin.AUTO)

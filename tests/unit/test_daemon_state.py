@@ -48,7 +48,7 @@ class Disk:
         self.gate = threading.Event()
         self.gate.set()
 
-    def __call__(self, directory: Path, state: State) -> None:
+    def __call__(self, directory: Path, state: State) -> None:  # noqa: ARG002 — the fake keeps the real writer's signature
         self.gate.wait(10)
         if self.fail:
             raise OSError(28, "No space left on device")

@@ -177,7 +177,7 @@ def series(text: str, name: str) -> dict[tuple[tuple[str, str], ...], float]:
     return {labels: v for (n, labels), v in samples(text).items() if n == name}
 
 
-def L(**kw: str) -> tuple[tuple[str, str], ...]:
+def L(**kw: str) -> tuple[tuple[str, str], ...]:  # noqa: N802 — L(...) reads as a label set in the assertions
     return tuple(sorted(kw.items()))
 
 
@@ -445,7 +445,7 @@ def test_start_serves_over_http_on_loopback(listen: str) -> None:
         assert series(text, "floodguard_tick_duration_seconds_count") == {(): 1}
     finally:
         exp.shutdown()
-    with pytest.raises(OSError):
+    with pytest.raises(OSError):  # noqa: PT011 — any OSError: the point is that the port is refused
         _get(exp.server.url)
 
 

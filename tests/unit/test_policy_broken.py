@@ -47,8 +47,8 @@ CASES = [
     Case("unknown key in a limit", {"policy.yaml": BASE + "limits:\n  udp: {pp: 5k}\n"},
          ["policy.yaml:3:9: limits.udp.pp: unknown key; did you mean 'pps'?"]),
     Case("unknown key without a close match", {"policy.yaml": BASE + "limits:\n  quic: {pps: 5k}\n"},
-         ["policy.yaml:3:3: limits.quic: unknown key; expected one of: tcp_syn, tcp_other, udp, icmp, "
-          "fragment, other, ipv6_prefix"]),
+         [("policy.yaml:3:3: limits.quic: unknown key; expected one of: tcp_syn, tcp_other, udp, icmp, "
+          "fragment, other, ipv6_prefix")]),
     Case("unknown key in a prefix entry", {"policy.yaml": BASE + "allow:\n  prefixes:\n"
                                            "    - {prefix: 192.0.2.0/24, reson: NOC}\n"},
          ["policy.yaml:4:30: allow.prefixes[0].reson: unknown key; did you mean 'reason'?"]),
@@ -64,8 +64,8 @@ CASES = [
     Case("prefixes not a list", {"policy.yaml": BASE + "deny:\n  prefixes: 192.0.2.0/24\n"},
          ["policy.yaml:3:13: deny.prefixes: expected a list of prefixes, e.g. [192.0.2.0/24]"]),
     Case("a prefix written as a number", {"policy.yaml": BASE + "deny:\n  prefixes: [10]\n"},
-         ["policy.yaml:3:14: deny.prefixes[0]: expected a prefix written as text, e.g. 192.0.2.0/24, "
-          "got the number 10"]),
+         [("policy.yaml:3:14: deny.prefixes[0]: expected a prefix written as text, e.g. 192.0.2.0/24, "
+          "got the number 10")]),
     Case("a group that is a string", {"policy.yaml": BASE + "protect: [web]\n"},
          ["policy.yaml:2:11: protect[0]: expected a mapping (key: value lines), got 'web'"]),
     Case("a group without a name", {"policy.yaml": BASE + "protect:\n  - prefixes: [203.0.113.0/24]\n"},
@@ -82,8 +82,8 @@ CASES = [
     Case("a fractional packet rate", {"policy.yaml": BASE + "limits:\n  udp: {pps: 1.2345k}\n"},
          ["policy.yaml:3:14: limits.udp.pps: '1.2345k' is not a packet rate"]),
     Case("bit rate in bytes", {"policy.yaml": BASE + "limits:\n  udp: {bps: 100MB}\n"},
-         ["policy.yaml:3:14: limits.udp.bps: '100MB' looks like bytes; rates here are in bits per second: "
-          "100 MB/s is 800Mbit"]),
+         [("policy.yaml:3:14: limits.udp.bps: '100MB' looks like bytes; rates here are in bits per second: "
+          "100 MB/s is 800Mbit")]),
     Case("bit rate without a unit", {"policy.yaml": BASE + "limits:\n  udp: {bps: 100M}\n"},
          ["policy.yaml:3:14: limits.udp.bps: '100M' has no unit; write 100Mbit for bits per second"]),
     Case("bit rate above 1 Tbit", {"policy.yaml": BASE + "protect:\n  - name: web\n"
@@ -107,8 +107,8 @@ CASES = [
          ["policy.yaml:3:17: detection.sample_every: -1 is below the minimum of 0"]),
     # --- choices and names ------------------------------------------------------------------------
     Case("bad interface mode", {"policy.yaml": "interfaces:\n  - name: eth0\n    mode: nativ\n"},
-         ["policy.yaml:3:11: interfaces[0].mode: 'nativ' is not one of: native, generic, auto; "
-          "did you mean 'native'?"]),
+         [("policy.yaml:3:11: interfaces[0].mode: 'nativ' is not one of: native, generic, auto; "
+          "did you mean 'native'?")]),
     Case("bad interface name", {"policy.yaml": "interfaces:\n  - name: eth0/1\n"},
          ["policy.yaml:2:11: interfaces[0].name: 'eth0/1' is not a valid interface name"]),
     Case("interface named twice", {"policy.yaml": "interfaces:\n  - eth0\n  - {name: eth0, mode: native}\n"},
@@ -123,8 +123,8 @@ CASES = [
                            "    prefixes: [203.0.113.0/24]\n    syn_auth: on\n"},
          ["policy.yaml:5:15: protect[0].syn_auth: write on_attack or always"]),
     Case("ladder out of order", {"policy.yaml": BASE + "mitigation:\n  ladder: [ban, tighten]\n"},
-         ["policy.yaml:3:11: mitigation.ladder: steps must keep the order tighten, rule, ban; "
-          "got [ban, tighten]"]),
+         [("policy.yaml:3:11: mitigation.ladder: steps must keep the order tighten, rule, ban; "
+          "got [ban, tighten]")]),
     Case("unknown ladder step", {"policy.yaml": BASE + "mitigation:\n  ladder: [tighten, block]\n"},
          ["policy.yaml:3:21: mitigation.ladder[1]: 'block' is not one of: tighten, rule, ban"]),
     Case("metrics listen without a port", {"policy.yaml": BASE + "metrics: {listen: localhost}\n"},
@@ -136,12 +136,12 @@ CASES = [
                                   "    - 10.1.2.3/24\n"},
          ["policy.yaml:5:7: allow.prefixes[1]: 10.1.2.3/24 has host bits set; did you mean 10.1.2.0/24?"]),
     Case("invalid IPv4 octet", {"policy.yaml": BASE + "deny:\n  prefixes: [10.0.0.300/24]\n"},
-         ["policy.yaml:3:14: deny.prefixes[0]: '10.0.0.300/24' is not a valid IPv4 prefix: "
-          "Octet 300 (> 255) not permitted in '10.0.0.300'"]),
+         [("policy.yaml:3:14: deny.prefixes[0]: '10.0.0.300/24' is not a valid IPv4 prefix: "
+          "Octet 300 (> 255) not permitted in '10.0.0.300'")]),
     Case("IPv6 host bits set", {"policy.yaml": BASE + "protect:\n  - name: v6\n"
-                                "    prefixes: [\"2001:db8::1/32\"]\n"},
-         ["policy.yaml:4:16: protect[0].prefixes[0]: 2001:db8::1/32 has host bits set; "
-          "did you mean 2001:db8::/32?"]),
+                                '    prefixes: ["2001:db8::1/32"]\n'},
+         [("policy.yaml:4:16: protect[0].prefixes[0]: 2001:db8::1/32 has host bits set; "
+          "did you mean 2001:db8::/32?")]),
     Case("prefix entry without prefix", {"policy.yaml": BASE + "deny:\n  prefixes:\n    - {reason: spam}\n"},
          ["policy.yaml:4:7: deny.prefixes[0]: required key 'prefix' is missing"]),
     Case("bad prefix in a prefix file", {
@@ -151,8 +151,8 @@ CASES = [
     Case("host bits in an indented prefix-file line", {
         "policy.yaml": BASE + "protect:\n  - name: web\n    files: [web.txt]\n",
         "web.txt": "203.0.113.0/25\n  203.0.113.130/25  # second half\n",
-    }, ["web.txt:2:3: protect[0].files[0]: 203.0.113.130/25 has host bits set; "
-        "did you mean 203.0.113.128/25?"]),
+    }, [("web.txt:2:3: protect[0].files[0]: 203.0.113.130/25 has host bits set; "
+        "did you mean 203.0.113.128/25?")]),
     Case("missing prefix file", {"policy.yaml": BASE + "deny:\n  files: [nothere.txt]\n"},
          ["policy.yaml:3:11: deny.files[0]: nothere.txt: no such file"]),
     Case("prefix in two groups", {"policy.yaml": BASE + y("""
@@ -161,22 +161,22 @@ CASES = [
             prefixes: [203.0.113.0/25]
           - name: mail
             prefixes: [203.0.113.0/25]
-        """)}, ["policy.yaml:6:16: protect[1].prefixes[0]: 203.0.113.0/25 is already protected by "
-                "group 'web' at policy.yaml:4; a destination belongs to one group"]),
+        """)}, [("policy.yaml:6:16: protect[1].prefixes[0]: 203.0.113.0/25 is already protected by "
+                "group 'web' at policy.yaml:4; a destination belongs to one group")]),
     # --- YAML itself ------------------------------------------------------------------------------
     Case("duplicate key", {"policy.yaml": BASE + "limits:\n  udp: {pps: 1k}\n  udp: {pps: 2k}\n"},
          ["policy.yaml:4:3: limits.udp: duplicate key; 'udp' is already set at line 3 of this mapping"]),
     Case("YAML syntax error", {"policy.yaml": BASE + "limits:\n  udp: {pps: 1k\n"},
-         ["policy.yaml:4:1: YAML syntax error: did not find expected ',' or '}' "
-          "(while parsing a flow mapping)"]),
+         [("policy.yaml:4:1: YAML syntax error: did not find expected ',' or '}' "
+          "(while parsing a flow mapping)")]),
     Case("tab indentation", {"policy.yaml": BASE + "limits:\n\tudp: {pps: 1k}\n"},
-         ["policy.yaml:3:1: YAML syntax error: found character that cannot start any token "
-          "(while scanning for the next token); YAML indents with spaces, never tabs"]),
+         [("policy.yaml:3:1: YAML syntax error: found character that cannot start any token "
+          "(while scanning for the next token); YAML indents with spaces, never tabs")]),
     Case("empty file", {"policy.yaml": "# nothing yet\n"},
          ["policy.yaml:1:1: the file is empty; a policy needs at least `interfaces:`"]),
     Case("root is a list", {"policy.yaml": "- interfaces: [eth0]\n"},
-         ["policy.yaml:1:1: the top level must be a mapping of keys such as `interfaces:` and `protect:`, "
-          "not a list"]),
+         [("policy.yaml:1:1: the top level must be a mapping of keys such as `interfaces:` and `protect:`, "
+          "not a list")]),
     Case("not UTF-8", {"policy.yaml": b"interfaces: [eth0]\nmode: enforce\xff\n"},
          ["policy.yaml:2:14: not valid UTF-8 text"]),
     Case("missing policy file", {}, ["policy.yaml:1:1: no such file"]),
@@ -193,8 +193,8 @@ CASES = [
     Case("scalar set in two files", {
         "policy.yaml": BASE + "include: [conf.d/*.yaml]\ndetection:\n  tick: 1s\n",
         "conf.d/fast.yaml": "detection:\n  tick: 500ms\n",
-    }, ["conf.d/fast.yaml:2:3: detection.tick: already set at policy.yaml:4:3; "
-        "a value may be set in one file only"]),
+    }, [("conf.d/fast.yaml:2:3: detection.tick: already set at policy.yaml:4:3; "
+        "a value may be set in one file only")]),
     Case("include cycle", {
         "policy.yaml": BASE + "include: [a.yaml]\n",
         "a.yaml": "include: [policy.yaml]\n",
@@ -220,13 +220,13 @@ CASES = [
         protect:
           - {name: a, prefixes: [10.0.0.0/24]}
           - {name: b, prefixes: [10.0.1.0/24]}
-        """)}, ["policy.yaml:2:20: capacity.groups: 2 groups need capacity.groups of at least 3 "
-                "(group 0 is the default); it is 2"]),
+        """)}, [("policy.yaml:2:20: capacity.groups: 2 groups need capacity.groups of at least 3 "
+                "(group 0 is the default); it is 2")]),
     Case("more deny prefixes than capacity", {
         "policy.yaml": BASE + "capacity: {prefixes: 16}\ndeny:\n  files: [d.txt]\n",
         "d.txt": "".join(f"10.0.{i}.0/24\n" for i in range(20)),
-    }, ["policy.yaml:2:22: capacity.prefixes: 20 allow and deny prefixes do not fit in "
-        "capacity.prefixes (16)"]),
+    }, [("policy.yaml:2:22: capacity.prefixes: 20 allow and deny prefixes do not fit in "
+        "capacity.prefixes (16)")]),
 ]
 
 def write(tmp: Path, files: dict[str, str | bytes]) -> None:

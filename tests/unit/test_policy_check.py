@@ -38,8 +38,8 @@ def test_errors_exit_1_and_print_every_error_and_warning(
     assert err.splitlines() == [
         "policy.yaml:4:21: limits.udp.pps: 2G is above the maximum of 1G packets/s",
         "policy.yaml:5:13: detection.tik: unknown key; did you mean 'tick'?",
-        "policy.yaml:3:19: deny.prefixes[0]: warning: deny 192.0.2.0/25 overlaps allow 192.0.2.0/24 "
-        "(policy.yaml:2); allow wins, so this entry has no effect",
+        ("policy.yaml:3:19: deny.prefixes[0]: warning: deny 192.0.2.0/25 overlaps allow 192.0.2.0/24 "
+        "(policy.yaml:2); allow wins, so this entry has no effect"),
         "policy.yaml: 2 errors, 1 warning; the policy is not valid",
     ]
 

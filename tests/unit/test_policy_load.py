@@ -228,18 +228,18 @@ def test_overlap_warnings_name_both_places(here: Path) -> None:
     result = load_policy("policy.yaml")
     assert result.errors == []
     assert [str(w) for w in result.warnings] == [
-        "policy.yaml:5:14: deny.prefixes[0]: warning: deny 192.0.2.128/25 overlaps allow 192.0.2.0/24 "
-        "(policy.yaml:3); allow wins, so this entry has no effect",
-        "policy.yaml:10:32: protect[0].prefixes[1]: warning: protected 10.1.0.0/16 (group 'all') is covered "
-        "by deny 10.0.0.0/8 (policy.yaml:5): its hosts cannot send",
-        "policy.yaml:12:16: protect[1].prefixes[0]: warning: 203.0.113.0/26 of group 'web' lies inside "
+        ("policy.yaml:5:14: deny.prefixes[0]: warning: deny 192.0.2.128/25 overlaps allow 192.0.2.0/24 "
+        "(policy.yaml:3); allow wins, so this entry has no effect"),
+        ("policy.yaml:10:32: protect[0].prefixes[1]: warning: protected 10.1.0.0/16 (group 'all') is covered "
+        "by deny 10.0.0.0/8 (policy.yaml:5): its hosts cannot send"),
+        ("policy.yaml:12:16: protect[1].prefixes[0]: warning: 203.0.113.0/26 of group 'web' lies inside "
         "203.0.113.0/24 of group 'all' (policy.yaml:10); the longest prefix wins, "
-        "so group 'web' applies to it",
-        "policy.yaml:12:32: protect[1].prefixes[1]: warning: protected 198.51.100.0/28 (group 'web') "
+        "so group 'web' applies to it"),
+        ("policy.yaml:12:32: protect[1].prefixes[1]: warning: protected 198.51.100.0/28 (group 'web') "
         "is covered by infrastructure 198.51.100.0/24 (policy.yaml:7): "
-        "its hosts are never banned automatically",
-        "policy.yaml:14:31: protect[2].prefixes[1]: warning: 172.16.0.0/12 is listed twice in group 'dup' "
-        "(also at policy.yaml:14)",
+        "its hosts are never banned automatically"),
+        ("policy.yaml:14:31: protect[2].prefixes[1]: warning: 172.16.0.0/12 is listed twice in group 'dup' "
+        "(also at policy.yaml:14)"),
     ]
 
 
