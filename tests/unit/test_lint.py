@@ -11,7 +11,8 @@ BIN = Path(sys.executable).parent
 
 
 def test_ruff_is_clean() -> None:
-    out = subprocess.run([str(BIN / "ruff"), "check", "agent", "tests", "scripts"], cwd=REPO, capture_output=True, text=True)
+    out = subprocess.run([str(BIN / "ruff"), "check", "agent", "tests", "scripts"], cwd=REPO, capture_output=True,
+                         text=True)
     assert out.returncode == 0, out.stdout[-4000:]
 
 
