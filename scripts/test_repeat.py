@@ -10,6 +10,10 @@ each run's summary. Extra pytest arguments go after `--`, e.g.
 
     scripts/test_repeat.py 5 -- --random-order      # a new random order each run
     scripts/test_repeat.py 3 -- tests/integration   # one directory only
+    scripts/test_repeat.py 2 --stress 1             # with stress-ng keeping one CPU busy
+
+`--stress N` runs `stress-ng --cpu N` for the whole of each run: a test that
+passes only on an idle machine fails there.
 
 The exit status is 0 only if every run passed.
 """
@@ -51,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=int, help="how many times to run the suite")
     parser.add_argument("pytest_args", nargs="*", help="after --: arguments for pytest")
+    parser.add_argument("--stress", type=int, default=0, metavar="CPUS",
+                        help="keep CPUS processors busy with stress-ng during every run (default: 0, none)")
     parser.add_argument("--python", default=sys.executable, help="the interpreter with pytest (default: this one)")
     args = parser.parse_args(argv)
     if args.runs < 1:
@@ -63,7 +69,14 @@ def main(argv: list[str] | None = None) -> int:
             report = Path(tmp) / f"run{run}.xml"
             print(f"== run {run} of {args.runs}", flush=True)
             t0 = time.monotonic()
-            code = subprocess.call([args.python, "-m", "pytest", f"--junitxml={report}", *args.pytest_args])
+            load = (subprocess.Popen(["stress-ng", "--cpu", str(args.stress), "--quiet"])
+                    if args.stress else None)
+            try:
+                code = subprocess.call([args.python, "-m", "pytest", f"--junitxml={report}", *args.pytest_args])
+            finally:
+                if load is not None:
+                    load.terminate()
+                    load.wait()
             seconds = time.monotonic() - t0
             failed, totals = outcomes(report)
             if code not in (0, 1) and not failed:
@@ -72,7 +85,8 @@ def main(argv: list[str] | None = None) -> int:
                 seen[name].append(run)
                 first_message.setdefault(name, msg)
             summaries.append(f"run {run}: exit {code}, {totals['tests']} tests, {totals['failures']} failed, "
-                             f"{totals['errors']} errors, {totals['skipped']} skipped, {seconds:.0f} s")
+                             f"{totals['errors']} errors, {totals['skipped']} skipped, {seconds:.0f} s"
+                             + (f", stress-ng --cpu {args.stress}" if args.stress else ""))
     print("\n== tests that failed at least once")
     if not seen:
         print("none")
