@@ -20,9 +20,11 @@ test: setup
 
 # Finds flaky tests: the suite N times, then every test that failed at least once.
 # `make test-repeat N=5 PYTEST_ARGS=--random-order` shuffles the order in every run (seed printed).
+# `make test-repeat N=2 STRESS=1` keeps one CPU busy with stress-ng the whole time.
 N ?= 5
+STRESS ?= 0
 test-repeat: setup
-	$(PY) scripts/test_repeat.py $(N) -- $(PYTEST_ARGS)
+	$(PY) scripts/test_repeat.py $(N) --stress $(STRESS) -- $(PYTEST_ARGS)
 
 lint: setup
 	$(VENV)/bin/ruff check agent tests scripts
@@ -38,6 +40,7 @@ bench: setup
 	$(FG) bench detection
 	$(FG) bench synauth
 	$(FG) bench e2e
+	$(FG) bench upstream
 
 # As a systemd service: a venv under /opt/floodguard, the unit, /etc/floodguard
 # (an existing policy is kept). `make uninstall PURGE=1` also removes policy and state.

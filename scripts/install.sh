@@ -49,7 +49,8 @@ if [[ -z $root ]]; then
         || die "no apt-get: install python3-bpfcc, python3-venv and your kernel's headers by hand, then run again."
     [[ -d /sys/fs/bpf ]] || die "the running kernel $(uname -r) has no BPF support: boot a kernel with CONFIG_BPF_SYSCALL=y."
     arch=$(dpkg --print-architecture)
-    packages=(python3-bpfcc python3-venv)
+    # gobgpd and its API definitions: the speaker of upstream escalation (floodguard-speaker.service).
+    packages=(python3-bpfcc python3-venv gobgpd golang-github-osrg-gobgp-dev)
     # The exact headers of the running kernel are best; the generic package is
     # the fallback (the program includes UAPI headers only).
     [[ -e /lib/modules/$(uname -r)/build/include ]] || packages+=("linux-headers-$arch")
@@ -109,9 +110,16 @@ log=$prefix/pip-install.log
 # --upgrade reinstalls the checkout (the same version number may hold new
 # code) and upgrades dependencies only where the new version requires it.
 if ! "$venv/bin/pip" install --disable-pip-version-check --no-input --upgrade --upgrade-strategy only-if-needed \
-        "${pip_args[@]}" "$here" >"$log" 2>&1; then
+        "${pip_args[@]}" "$here[upstream]" >"$log" 2>&1; then
     tail -n 20 "$log" >&2
     die "pip install into $venv failed: the full log is $log."
+fi
+# GoBGP's API stubs for the agent, generated from the .proto files of the gobgpd installed.
+if [[ -d /usr/share/gocode/src/github.com/osrg/gobgp/api ]]; then
+    "$venv/bin/python" -m agent.upstream.stubs >>"$log" 2>&1 \
+        || die "cannot generate the GoBGP API stubs: the log is $log."
+else
+    say "no GoBGP API definitions (golang-github-osrg-gobgp-dev): upstream escalation stays unavailable"
 fi
 version=$("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("floodguard"))')
 say "floodguard $version installed in $venv"
@@ -155,6 +163,8 @@ fi
 
 # --- the unit --------------------------------------------------------------------
 put "$here/systemd/floodguard.service" "$unit" 0644
+# The BGP speaker: enabled by the operator once the policy has an upstream block.
+put "$here/systemd/floodguard-speaker.service" "$root/etc/systemd/system/floodguard-speaker.service" 0644
 running=no
 if [[ -z $root && -d /run/systemd/system ]]; then
     systemctl daemon-reload || die "systemctl daemon-reload failed: see journalctl -b for why."

@@ -30,6 +30,12 @@ packages=(
     ethtool util-linux kmod
     systemd-container   # systemd-nspawn: the unit's test boots it under a real systemd
     linux-headers-amd64
+    gobgpd              # the BGP speaker of upstream escalation (agent/upstream)
+    golang-github-osrg-gobgp-dev  # GoBGP's .proto files: the agent's gRPC stubs are generated from them
+    bird2               # the independent BGP peer of the upstream tests, the lab and the bench
+    nginx-light         # the lab's web server: legitimate HTTP behind the gateway (agent/lab/web.py)
+    wrk                 # the lab's HTTP load generator: requests per second of legitimate clients
+    stress-ng           # CPU pressure for `make test-repeat STRESS=1`: the suite must not depend on speed
 )
 missing=()
 for p in "${packages[@]%% *}"; do
@@ -44,6 +50,11 @@ if ((${#missing[@]})); then
     if apt-cache show "$exact" >/dev/null 2>&1; then missing+=("$exact"); fi
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null \
         || die "apt-get install ${missing[*]} failed: run it by hand to see why."
+    # Debian starts a freshly installed nginx on port 80 of the host; the lab runs its own nginx in
+    # a namespace, so the one this script installed is stopped and left disabled.
+    if [[ " ${missing[*]} " == *" nginx-light "* ]] && [[ -d /run/systemd/system ]]; then
+        systemctl disable --now nginx.service >/dev/null 2>&1 || true
+    fi
 fi
 
 # BCC compiles against /lib/modules/$(uname -r)/build. The program includes only
@@ -73,7 +84,7 @@ fi
 # The extras: test (pytest, scapy, linters) and lab (what only the demo and the
 # benchmarks use, matplotlib). The stamp holds them, so a changed list installs
 # again even when pyproject.toml did not change.
-extras="test,lab"
+extras="test,lab,upstream"
 if [[ ! -f $stamp || $here/pyproject.toml -nt $stamp || $(<"$stamp") != "$extras" ]]; then
     say "installing floodguard with its extras [$extras] into $venv"
     log="$venv/pip-install.log"
@@ -83,3 +94,5 @@ if [[ ! -f $stamp || $here/pyproject.toml -nt $stamp || $(<"$stamp") != "$extras
     fi
     printf '%s\n' "$extras" >"$stamp"
 fi
+# GoBGP's API stubs, generated from the .proto files of the gobgpd installed (a no-op when up to date).
+"$venv/bin/python" -m agent.upstream.stubs >/dev/null || die "cannot generate the GoBGP API stubs (above): reinstall golang-github-osrg-gobgp-dev."

@@ -27,7 +27,14 @@ say() { printf 'floodguard uninstall: %s\n' "$*"; }
 
 [[ $(id -u) -eq 0 ]] || die "must run as root (it stops the service and removes /opt/floodguard): re-run with sudo."
 
+speaker_unit=$root/etc/systemd/system/floodguard-speaker.service
 if [[ -z $root ]]; then
+    # The speaker first: stopping it ends the BGP sessions, so the peers withdraw every announcement.
+    if [[ -d /run/systemd/system ]] && systemctl cat floodguard-speaker.service >/dev/null 2>&1; then
+        systemctl disable --now floodguard-speaker.service >/dev/null 2>&1 \
+            || die "systemctl disable --now floodguard-speaker failed: see systemctl status floodguard-speaker."
+        say "stopped and disabled floodguard-speaker.service"
+    fi
     if [[ -d /run/systemd/system ]] && systemctl cat floodguard.service >/dev/null 2>&1; then
         systemctl disable --now floodguard.service >/dev/null 2>&1 \
             || die "systemctl disable --now floodguard failed: see systemctl status floodguard."
@@ -43,6 +50,10 @@ if [[ -z $root ]]; then
     fi
 fi
 
+if [[ -e $speaker_unit ]]; then
+    rm -f "$speaker_unit"
+    say "removed $speaker_unit"
+fi
 if [[ -e $unit ]]; then
     rm -f "$unit"
     say "removed $unit"

@@ -1,0 +1,1 @@
+"""Upstream escalation over BGP (see docs/upstream.md)."""
