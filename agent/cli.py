@@ -23,6 +23,7 @@ examples:
   floodguard ban 198.51.100.7 --ttl 10m --reason "scanner"
   floodguard explain 198.51.100.7                  what applies to this source, and its counters
   floodguard attacks                               active and recent attacks with their mitigations
+  floodguard upstream                              BGP sessions, Flowspec/RTBH announcements and expiries
   floodguard bench datapath --json                 ns per packet against a trivial XDP_DROP
   floodguard schema > policy.schema.json           JSON Schema for editors
 
@@ -109,7 +110,12 @@ def _bench(args: argparse.Namespace) -> int:
         from agent.bench import e2e
 
         return int(e2e.main(rest))
-    raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes, policy, detection, synauth or e2e")
+    if args.what == "upstream":
+        from agent.bench import upstream
+
+        return upstream.main(rest)
+    raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes, policy, detection, synauth, e2e "
+                   "or upstream")
 
 
 DEFAULT_POLICY = "/etc/floodguard/policy.yaml"
@@ -389,6 +395,37 @@ def _detach(args: argparse.Namespace) -> int:
     return 0
 
 
+def _speaker(args: argparse.Namespace) -> int:
+    from agent.upstream import speaker
+
+    return speaker.main(args.config, args.gobgpd_config)
+
+
+def _upstream(args: argparse.Namespace) -> int:
+    res = _call(args, "upstream")
+    if args.json:
+        _print_json(res)
+        return 0
+    assert isinstance(res, dict)
+    if not res.get("enabled"):
+        print("upstream: not configured (no upstream block in the policy)")
+        return 0
+    sp = res["speaker"]
+    print(f"speaker: {sp['api']} ({'answering' if sp['up'] else 'NOT answering'})"
+          + ("; monitor mode: nothing is announced" if res.get("monitor") else ""))
+    _table([[s["name"], s["address"], str(s["asn"]), s["state"], s["since"] or "-", str(s["advertised"])]
+            for s in res["sessions"]], ["PEER", "ADDRESS", "ASN", "STATE", "SINCE", "ADVERTISED"])
+    rows = [[a["kind"], a["key"].split(" ", 1)[1], ",".join(a["attack_ids"]) or "-", a["state"],
+             _ttl(a["age_s"]), _ttl(a["expires_in_s"])] for a in res["announcements"]]
+    print()
+    _table(rows, ["KIND", "ROUTE", "ATTACKS", "STATE", "AGE", "EXPIRES IN"])
+    print(f"{len(rows)} announcement{'s' if len(rows) != 1 else ''}")
+    refused = res.get("refused") or {}
+    if refused:
+        print("refused: " + ", ".join(f"{k} {n}" for k, n in refused.items()))
+    return 0
+
+
 def _demo(args: argparse.Namespace) -> int:
     _require_lab_extra("demo")
     from agent.lab import demo
@@ -460,6 +497,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--interface", action="append", help="interface to detach from (default: the policy's, "
                    "else every interface running floodguard)")
 
+    client("upstream", "BGP sessions and the Flowspec/RTBH announcements, with attack, age and expiry",
+           _upstream)
+    sp = sub.add_parser("speaker", help="run gobgpd configured from the policy (floodguard-speaker.service)",
+                        description="Write gobgpd's configuration from the policy's upstream block, run gobgpd "
+                        "with its API on a Unix socket, withdraw announcements whose expiry passed; SIGHUP "
+                        "applies a changed peer list.")
+    sp.add_argument("-c", "--config", default=DEFAULT_POLICY, help=f"policy file (default {DEFAULT_POLICY})")
+    sp.add_argument("--gobgpd-config", help="where to write gobgpd's configuration "
+                    "(default /run/floodguard-speaker/gobgpd.json)")
+    sp.set_defaults(func=_speaker)
+
     d = sub.add_parser("demo", help="build a lab, play attacks at it, show them mitigated (needs root)",
                        description="Build a lab of network namespaces, run floodguard on its gateway, play a DNS "
                        "reflection flood and a spoofed SYN flood at its servers while legitimate clients use "
@@ -470,11 +518,11 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--short", action="store_true", help="a 30-second story instead of 75 seconds")
     d.set_defaults(func=_demo)
 
-    b = sub.add_parser("bench", help="measure: datapath, prefixes, policy, detection, synauth, e2e",
+    b = sub.add_parser("bench", help="measure: datapath, prefixes, policy, detection, synauth, e2e, upstream",
                        description="Benchmarks print ratios measured in one run. "
                        "`floodguard bench datapath --help` shows each one's options.",
                        add_help=False)
-    b.add_argument("what", choices=["datapath", "prefixes", "policy", "detection", "synauth", "e2e"],
+    b.add_argument("what", choices=["datapath", "prefixes", "policy", "detection", "synauth", "e2e", "upstream"],
                    help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--json, --help, ...)")
     b.set_defaults(func=_bench)

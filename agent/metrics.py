@@ -94,6 +94,27 @@ class AttackStats:
             raise ValueError("time_to_mitigate must end with the +Inf bucket")
 
 
+@dataclass(frozen=True)
+class UpstreamStats:
+    """Upstream escalation over BGP (agent/upstream/manager.py Stats maps onto it field by field).
+
+    Peers are the policy's ``upstream.peers`` names, kinds ``flowspec`` and
+    ``rtbh``, reasons agent/upstream/guard.py's REASONS: all bounded by the
+    policy or the code, never by traffic.
+    """
+
+    speaker_up: bool = False
+    """gobgpd's API answered at the last tick."""
+    sessions: Mapping[str, bool] = field(default_factory=dict)
+    """peer name -> BGP session established."""
+    announcements: Mapping[str, int] = field(default_factory=dict)
+    """kind -> announcements the speaker holds now (monitor mode: none)."""
+    refused: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(kind, reason) -> announcements refused since the agent started."""
+    changes: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    """(kind, action) -> announced / withdrawn since the agent started."""
+
+
 class MetricsSource(Protocol):
     """What the collector asks the daemon at each scrape.
 
@@ -117,6 +138,10 @@ class MetricsSource(Protocol):
     def group_names(self) -> Mapping[int, str]:
         """Group id -> protected group name, for the ``group`` label; 0 is
         ``default`` (everything not protected). Only these groups are shown."""
+        ...
+
+    def watch_names(self) -> Mapping[int, str]:
+        """Watch set id -> name (policy ``watch``), for the ``watch`` label."""
         ...
 
     def xdp_modes(self) -> Mapping[str, str]:
@@ -147,6 +172,10 @@ class MetricsSource(Protocol):
 
     def attack_stats(self) -> AttackStats:
         """Attacks by vector (the detection loop fills it; empty until then)."""
+        ...
+
+    def upstream_stats(self) -> UpstreamStats | None:
+        """Upstream escalation's state; None when the policy has no upstream block."""
         ...
 
 
@@ -288,6 +317,10 @@ SPECS: tuple[_Spec, ...] = (
           "Bytes to a protected group really dropped (monitor drops excluded)"),
     _Spec("floodguard_group_new_sources_total", "counter", _GROUP_LABELS,
           "Per-source buckets created for a protected group: a spoofing signal"),
+    _Spec("floodguard_watch_packets_total", "counter", ("watch", "reason", "monitor"),
+          "Packets from a watched source set (policy watch) by verdict reason: what floodguard did to them"),
+    _Spec("floodguard_watch_bytes_total", "counter", ("watch", "reason", "monitor"),
+          "Bytes from a watched source set by verdict reason"),
     _Spec("floodguard_bans_active", "gauge", ("origin",), "Enforced bans in force, by who made them"),
     _Spec("floodguard_rules_active", "gauge", (), "Mitigation rules in force"),
     _Spec("floodguard_policy_reloads_total", "counter", ("result",), "Policy reloads, applied (ok) or rejected "
@@ -312,6 +345,15 @@ SPECS: tuple[_Spec, ...] = (
     _Spec("floodguard_attacks_total", "counter", ("vector",), "Attacks detected since the agent started, by vector"),
     _Spec("floodguard_escalations_total", "counter", (), "Escalations signalled: inbound traffic over the uplink "
           "capacity, which only upstream can stop"),
+    _Spec("floodguard_upstream_speaker_up", "gauge", (), "1 when the BGP speaker's API (gobgpd) answers"),
+    _Spec("floodguard_upstream_session_up", "gauge", ("peer",), "1 when the BGP session with the peer is "
+          "established"),
+    _Spec("floodguard_upstream_announcements", "gauge", ("kind",), "Announcements the speaker holds, by kind "
+          "(flowspec, rtbh)"),
+    _Spec("floodguard_upstream_refused_total", "counter", ("kind", "reason"), "Announcements refused by the "
+          "guardrails, the cap or the rate limit, by kind and reason"),
+    _Spec("floodguard_upstream_changes_total", "counter", ("kind", "action"), "Announcements announced and "
+          "withdrawn, by kind"),
     _Spec("floodguard_time_to_mitigate_seconds", "histogram", (),
           "Time from an attack's first tick over threshold to its first mitigation in the maps"),
 )
@@ -319,7 +361,7 @@ _BY_NAME = {s.name: s for s in SPECS}
 # Families read from the maps: absent from a scrape that could not read them.
 _DATAPATH = frozenset(
     {"floodguard_packets_total", "floodguard_bytes_total", "floodguard_map_entries", "floodguard_map_capacity"}
-    | {s.name for s in SPECS if s.name.startswith("floodguard_group_")}
+    | {s.name for s in SPECS if s.name.startswith(("floodguard_group_", "floodguard_watch_"))}
 )
 
 
@@ -430,6 +472,7 @@ class FloodguardCollector(Collector):
             fams["floodguard_attacks_active"].add_metric([vector], attacks.active.get(vector, 0))
             fams["floodguard_attacks_total"].add_metric([vector], attacks.total.get(vector, 0))
         fams["floodguard_escalations_total"].add_metric([], attacks.escalations_total)
+        self._upstream(src.upstream_stats(), fams)
         ttm = _histogram(_TTM)
         if attacks.time_to_mitigate:
             # "1" and "1.0" are different label values: write le as
@@ -473,11 +516,36 @@ class FloodguardCollector(Collector):
                 for fieldname, value in zip(fields, row, strict=True):
                     fams[f"floodguard_group_{fieldname}_total"].add_metric([groups[gid], cls.label], value)
 
+        watch_names = self._source.watch_names()
+        if watch_names:
+            wstats = port.read_watch_stats()
+            for wid, reason, mon in np.argwhere(wstats.any(axis=-1)).tolist():
+                if wid not in watch_names:
+                    continue
+                labels = [watch_names[wid], abi.Reason(reason).label, "true" if mon else "false"]
+                pkts, byts = wstats[wid, reason, mon].tolist()
+                fams["floodguard_watch_packets_total"].add_metric(labels, pkts)
+                fams["floodguard_watch_bytes_total"].add_metric(labels, byts)
+
         for m in self._fill(port, len(groups)):
             fams["floodguard_map_capacity"].add_metric([m.name, m.type], m.capacity)
             if m.entries is not None:
                 fams["floodguard_map_entries"].add_metric([m.name, m.type], m.entries)
         return fams
+
+    @staticmethod
+    def _upstream(st: UpstreamStats | None, fams: dict[str, _Family]) -> None:
+        if st is None:
+            return
+        fams["floodguard_upstream_speaker_up"].add_metric([], int(st.speaker_up))
+        for peer in sorted(st.sessions):
+            fams["floodguard_upstream_session_up"].add_metric([peer], int(st.sessions[peer]))
+        for kind in sorted(st.announcements):
+            fams["floodguard_upstream_announcements"].add_metric([kind], st.announcements[kind])
+        for (kind, reason), n in sorted(st.refused.items()):
+            fams["floodguard_upstream_refused_total"].add_metric([kind, reason], n)
+        for (kind, action), n in sorted(st.changes.items()):
+            fams["floodguard_upstream_changes_total"].add_metric([kind, action], n)
 
     def _host_metrics(self, modes: Mapping[str, str], fams: dict[str, _Family]) -> None:
         fams["floodguard_agent_cpu_seconds_total"].add_metric([], self._host.agent_cpu_seconds())
@@ -616,6 +684,7 @@ __all__ = [
     "MetricsSource",
     "NicCounters",
     "PsutilProbe",
+    "UpstreamStats",
     "count_bans",
     "count_hash_entries",
     "count_lpm_entries",

@@ -62,7 +62,9 @@ enum fg_origin {
 
 enum fg_rule_action {
 	FG_RULE_ACTION_DROP = 0,
-	FG_RULE_ACTION_RATE_LIMIT = 1, /* aggregate limit over every matching packet */
+	FG_RULE_ACTION_RATE_LIMIT = 1,   /* aggregate limit over every matching packet */
+	FG_RULE_ACTION_SOURCE_LIMIT = 2, /* each source of a matching packet: its own bucket at the rule's
+	                                  * rate instead of its group's limit (one target, one class) */
 };
 
 /* How many interfaces the counters tell apart; slot 0 = any other. */
@@ -71,6 +73,8 @@ enum fg_rule_action {
 #define FG_IFSLOT_TABLE 256
 /* Rules are scanned in order; the control loop keeps them few. */
 #define FG_MAX_RULES 64
+/* Watched source sets (policy `watch`): id 1..FG_MAX_WATCH-1, 0 = not watched. */
+#define FG_MAX_WATCH 256
 /* Bounded walk over IPv6 extension headers. */
 #define FG_MAX_EXT_HDRS 8
 /* IPv4 lookups: one array slot per /24, then a host table for /25../32. */
@@ -149,7 +153,7 @@ struct fg_src_entry {
 	__u32 flags;               /* FG_SRC_* (effective) */
 	__u8  family;              /* 4 or 6; 0 = free slot */
 	__u8  prefix_len;
-	__u16 pad;
+	__u16 watch;               /* watch set of the longest watched prefix covering this one; 0 = none */
 	__u32 addr[4];
 	struct fg_src_record ban[FG_ORIGIN_MAX];
 	struct fg_src_record allow[FG_ORIGIN_MAX];
@@ -211,8 +215,9 @@ struct fg_rule {
 	__u16 dport_lo, dport_hi;
 	__u32 id;                  /* daemon's rule id */
 	__u16 group;               /* the protected group the rule was made for */
-	__u16 pad;
-	struct fg_rate rate;       /* the aggregate limit for FG_RULE_ACTION_RATE_LIMIT */
+	__u8  class_match;         /* match only this traffic class + 1; 0 = any class */
+	__u8  pad;
+	struct fg_rate rate;       /* the aggregate limit (RATE_LIMIT) or each source's (SOURCE_LIMIT) */
 };
 
 /* Per-rule state the program writes (array, indexed like rules). */
@@ -249,6 +254,9 @@ struct fg_counter {
 #define FG_STATS_ENTRIES (FG_IF_SLOTS * FG_REASON_MAX * FG_CLASS_MAX * 2)
 #define FG_STATS_INDEX(slot, reason, class, mon) \
 	((((slot) * FG_REASON_MAX + (reason)) * FG_CLASS_MAX + (class)) * 2 + (mon))
+/* watch_stats index: (watch set, reason, monitor flag). */
+#define FG_WATCH_ENTRIES (FG_MAX_WATCH * FG_REASON_MAX * 2)
+#define FG_WATCH_INDEX(watch, reason, mon) ((((watch) * FG_REASON_MAX) + (reason)) * 2 + (mon))
 
 /* Per (group, class) counters (per CPU); index group * FG_LIMIT_CLASSES + class. */
 struct fg_group_counter {

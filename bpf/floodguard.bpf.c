@@ -39,9 +39,13 @@ struct fg_ctx {
 	__u32 reason;
 	__u32 action;
 	__u16 group;
+	__u16 watch;            /* watched source set of the source (policy `watch`); 0 = none */
 	__u8  monitor;          /* this verdict's drop is only counted */
 	__u8  allow_monitor;    /* a monitor-only allow entry matched the source */
 	__u8  new_source;       /* a per-source bucket was created */
+	__u8  src_limited;      /* a SOURCE_LIMIT rule matched: src_rate replaces the group's limit */
+	__u8  src_rule_mon;     /* that rule is monitor-only */
+	struct fg_rate src_rate;
 };
 
 /* The clock, read at most once per packet and only when a stage needs it.
@@ -123,6 +127,15 @@ static __always_inline int fg_finish(struct fg_ctx *c, struct fg_config *cfg)
 		sc->packets++;
 		sc->bytes += c->len;
 	}
+	if (c->watch) {
+		__u32 w = c->watch;
+		__u32 wi = FG_WATCH_INDEX(w < FG_MAX_WATCH ? w : 0, reason, mon);
+		struct fg_counter *wc = watch_stats.lookup(&wi);
+		if (wc) {
+			wc->packets++;
+			wc->bytes += c->len;
+		}
+	}
 	if (!c->p.family || cls >= FG_LIMIT_CLASSES)
 		return action;
 
@@ -181,8 +194,10 @@ static __always_inline int fg_finish(struct fg_ctx *c, struct fg_config *cfg)
 	return action;
 }
 
-/* First matching rule decides: drop, or charge its aggregate bucket and go on
- * to the later stages if the packet conforms. Returns 1 when it decided. */
+/* First matching rule decides: drop; or charge its aggregate bucket and go on
+ * to the later stages if the packet conforms; or (SOURCE_LIMIT) hand its
+ * rate to the per-source stage for this packet's source. Returns 1 when it
+ * decided. */
 static __always_inline int fg_rules(struct fg_ctx *c, struct fg_config *cfg)
 {
 	__u32 n = cfg->n_rules;
@@ -209,11 +224,19 @@ static __always_inline int fg_rules(struct fg_ctx *c, struct fg_config *cfg)
 			continue;
 		if ((p->tcp_flags & r->tcp_flags_mask) != r->tcp_flags_value)
 			continue;
+		if (r->class_match && r->class_match != p->class + 1)
+			continue;
 
 		struct fg_counter *rc = rule_stats.lookup(&k);
 		if (rc) {
 			rc->packets++;
 			rc->bytes += c->len;
+		}
+		if (r->action == FG_RULE_ACTION_SOURCE_LIMIT) {
+			c->src_limited = 1;
+			c->src_rule_mon = (r->flags & FG_RULE_MONITOR) != 0;
+			c->src_rate = r->rate;
+			return 0;
 		}
 		c->monitor = (cfg->flags & FG_CFG_MONITOR) || (r->flags & FG_RULE_MONITOR);
 		if (r->action == FG_RULE_ACTION_DROP) {
@@ -254,7 +277,9 @@ static __always_inline int fg_over_limit(struct fg_ctx *c, struct fg_config *cfg
 	if (cls >= FG_LIMIT_CLASSES)
 		return 0;
 	struct fg_rate *r = &g->base[cls];
-	if ((g->flags & FG_GROUP_TIGHT) && fg_live(c, g->tight_expires))
+	if (c->src_limited)
+		r = &c->src_rate;
+	else if ((g->flags & FG_GROUP_TIGHT) && fg_live(c, g->tight_expires))
 		r = &g->tight[cls];
 	if (fg_rate_unlimited(r))
 		return 0;
@@ -462,6 +487,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 		struct fg_src_entry *e = src_entries.lookup(&src_idx);
 		if (e) {
 			__u32 f = e->flags;
+			c->watch = e->watch;
 			if ((f & FG_SRC_ALLOW) && fg_live(c, e->allow_expires)) {
 				c->reason = FG_REASON_ALLOWLISTED;
 				goto out;
@@ -498,7 +524,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 	if (fg_over_limit(c, cfg, grp)) {
 		c->reason = FG_REASON_RATE_LIMITED;
 		c->action = XDP_DROP;
-		c->monitor = group_mon;
+		c->monitor = group_mon || (c->src_limited && c->src_rule_mon);
 	}
 	goto out;
 

@@ -98,6 +98,9 @@ BPF_TABLE_PINNED("lru_hash", struct fg_bucket_key6, struct fg_bucket, buckets6, 
 /* Verdict counters by (interface slot, reason, class, monitor). Program; the collector sums CPUs. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct fg_counter, stats, FG_STATS_ENTRIES, FG_PIN("stats"));
 
+/* Verdicts of packets from each watched source set (policy `watch`), by (set, reason, monitor). Program. */
+BPF_TABLE_PINNED("percpu_array", __u32, struct fg_counter, watch_stats, FG_WATCH_ENTRIES, FG_PIN("watch_stats"));
+
 /* Per (group, class) offered and dropped traffic. Program; read by the control loop each tick. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct fg_group_counter, group_stats,
 		 FG_MAX_GROUPS * FG_LIMIT_CLASSES, FG_PIN("group_stats"));

@@ -22,6 +22,7 @@ ABI_VERSION = 1
 IF_SLOTS = 16
 IFSLOT_TABLE = 256
 MAX_RULES = 64
+MAX_WATCH = 256
 MAX_EXT_HDRS = 8
 DIR4_BITS = 24
 BYTE_COST_SHIFT = 16
@@ -155,14 +156,21 @@ ORIGIN_MAX = len(Origin)
 class RuleAction(enum.IntEnum):
     DROP = 0
     RATE_LIMIT = 1
+    SOURCE_LIMIT = 2
 
 
 STATS_ENTRIES = IF_SLOTS * REASON_MAX * CLASS_MAX * 2
+WATCH_ENTRIES = MAX_WATCH * REASON_MAX * 2
 
 
 def stats_index(slot: int, reason: int, cls: int, monitor: int) -> int:
     """Index into the stats array (FG_STATS_INDEX)."""
     return (((slot * REASON_MAX + reason) * CLASS_MAX + cls) * 2) + monitor
+
+
+def watch_index(watch: int, reason: int, monitor: int) -> int:
+    """Index into the watch_stats array (FG_WATCH_INDEX)."""
+    return ((watch * REASON_MAX) + reason) * 2 + monitor
 
 
 u8, u16, u32, u64 = ct.c_uint8, ct.c_uint16, ct.c_uint32, ct.c_uint64
@@ -207,7 +215,7 @@ class SrcEntry(ct.Structure):
         ("flags", u32),
         ("family", u8),
         ("prefix_len", u8),
-        ("pad", u16),
+        ("watch", u16),
         ("addr", Addr),
         ("ban", SrcRecord * ORIGIN_MAX),
         ("allow", SrcRecord * ORIGIN_MAX),
@@ -259,7 +267,8 @@ class Rule(ct.Structure):
         ("dport_hi", u16),
         ("id", u32),
         ("group", u16),
-        ("pad", u16),
+        ("class_match", u8),
+        ("pad", u8),
         ("rate", Rate),
     ]
 
@@ -386,6 +395,8 @@ C_CONSTANTS: dict[str, int] = {
     "FG_IF_SLOTS": IF_SLOTS,
     "FG_IFSLOT_TABLE": IFSLOT_TABLE,
     "FG_MAX_RULES": MAX_RULES,
+    "FG_MAX_WATCH": MAX_WATCH,
+    "FG_WATCH_ENTRIES": WATCH_ENTRIES,
     "FG_MAX_EXT_HDRS": MAX_EXT_HDRS,
     "FG_DIR4_BITS": DIR4_BITS,
     "FG_BYTE_COST_SHIFT": BYTE_COST_SHIFT,

@@ -8,7 +8,7 @@ Neither imports the other: this is their whole interface.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from .capacity import Capacity
 from .keys import PrefixKey, Record
@@ -32,3 +32,4 @@ class DesiredState:
     destinations: Mapping[PrefixKey, int]  # protected prefix -> group id
     bans: Mapping[PrefixKey, Record]
     allows: Mapping[PrefixKey, Record]
+    watch: Mapping[PrefixKey, int] = field(default_factory=dict)  # watched source prefix -> watch set id

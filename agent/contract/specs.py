@@ -35,7 +35,13 @@ class GroupSpec:
 
 @dataclass(frozen=True)
 class RuleSpec:
-    """A mitigation rule (struct fg_rule), in operator terms."""
+    """A mitigation rule (struct fg_rule), in operator terms.
+
+    ``action`` RATE_LIMIT: ``pps``/``bps`` is one limit shared by every
+    matching packet; SOURCE_LIMIT: it is each matching source's own limit
+    (in place of its group's per-source limit), so one source cannot take
+    what the others need. ``traffic_class`` narrows the match to one class.
+    """
 
     dst: IPNetwork
     proto: int = 0
@@ -52,6 +58,7 @@ class RuleSpec:
     monitor: bool = False
     rule_id: int = 0
     group: int = 0
+    traffic_class: abi.TrafficClass | None = None
 
 
 @dataclass(frozen=True, slots=True)

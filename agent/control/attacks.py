@@ -12,7 +12,8 @@ object (an ended attack is kept, finished, among the recent ones). Its parts:
 * `LadderState` — the ladder steps armed so far;
 * `Applied` — what the record already reports as in force;
 * `History` — what was done, refused and signalled, for the operator;
-* `LogMark` — when the last ``attack_updated`` was logged.
+* `LogMark` — when the last ``attack_updated`` was logged;
+* `judge.Verdict` — attack or surge, the lever chosen, and the evidence.
 
 What ``floodguard attacks``, the hook and the log show is rendered from it
 (`record.render`), so the record explains itself: the thresholds it crossed,
@@ -30,6 +31,7 @@ from typing import Literal
 from agent.contract.abi import TrafficClass
 from agent.policy.model import Step
 
+from .judge import Kind, Verdict
 from .record import render
 from .samples import AttackSamples
 from .target import Target
@@ -57,6 +59,7 @@ class MitigationEntry:
     action: Action
     monitor: bool = False
     detail: dict[str, object] = field(default_factory=dict)
+    tick: int = 0  # the controller's tick it happened in
 
 
 @dataclass(frozen=True)
@@ -158,7 +161,6 @@ class SynAuthMark(enum.Enum):
 class Applied:
     """What the record already reports as in force (rules are tracked by the enforcer)."""
 
-    tightened: bool = False
     syn_auth: SynAuthMark | None = None
 
 
@@ -188,6 +190,7 @@ class History:
     banned: list[str] = field(default_factory=list)
     escalations: list[EscalationMark] = field(default_factory=list)
     first_mitigation_ns: int | None = None
+    first_mitigation_tick: int | None = None
 
     @property
     def escalated(self) -> bool:
@@ -239,6 +242,7 @@ class Attack:
     thresholds: Thresholds
     monitor: bool  # global monitor mode or the group's own, as of the policy in force
     evidence: Evidence
+    start_tick: int = 0  # the controller's tick that started it
     aim: Aim = field(default_factory=Aim)
     shape: Shape = field(default_factory=Shape)
     traffic: Traffic = field(default_factory=Traffic)
@@ -247,6 +251,12 @@ class Attack:
     history: History = field(default_factory=History)
     logged: LogMark = field(default_factory=LogMark)
     end: Ending | None = None
+    verdict: Verdict | None = None  # attack or surge, the lever, and the evidence behind them
+
+    @property
+    def kind(self) -> Kind:
+        """An attack, or a surge of real users (recorded, never mitigated)."""
+        return self.verdict.kind if self.verdict is not None else Kind.ATTACK
 
     @property
     def active(self) -> bool:
@@ -291,6 +301,12 @@ class Attack:
         return self.thresholds.scope(self.aim.host is not None)
 
     @property
+    def ticks_to_mitigate(self) -> int | None:
+        """Ticks from the start to the first mitigation written (0: in the tick that started it)."""
+        first = self.history.first_mitigation_tick
+        return None if first is None else first - self.start_tick
+
+    @property
     def time_to_mitigate_s(self) -> float | None:
         """First tick over the threshold to the first mitigation written (None: nothing enforced)."""
         first = self.history.first_mitigation_ns
@@ -304,8 +320,8 @@ class Attack:
 
     def log_fields(self) -> dict[str, object]:
         """What every attack_* log event names: which attack, on what, of which kind."""
-        return {"attack_id": self.id, "group": self.group, "target": self.target, "vector": str(self.vector),
-                "service": self.service}
+        return {"attack_id": self.id, "kind": str(self.kind), "group": self.group, "target": self.target,
+                "vector": str(self.vector), "service": self.service}
 
     def to_dict(self, now_ns: int | None = None) -> dict[str, object]:
         """The attack record, JSON-ready (the hook's stdin, the control socket's answer)."""

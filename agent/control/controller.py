@@ -9,8 +9,8 @@ One `Controller.tick()` is one whole step, driven by the daemon every
 3. start, update and end attacks — target (host or carpet), vector, peaks,
    drops, sources, spoofing — and climb each attack's ladder
    (`tracker.Tracker`, `ladder.Climber`, `banstep.BanStep`);
-4. write what the active attacks want (tightened limits, SYN
-   authentication, rules) with refreshed expiries (`enforce.Enforcer`), and
+4. write what the active attacks want (per-source limits, SYN
+   authentication, shape rules) with refreshed expiries (`enforce.Enforcer`), and
    note on each record what was put in force or lifted (`journal.Journal`);
 5. signal escalation when an uplink is full (`escalation.Escalator`); hand
    records to the hook.
@@ -99,7 +99,7 @@ class Controller:
         for net, exp in (auto_bans or {}).items():
             self._bans.load(net, exp)
         self._ban_step = BanStep(port, self._bans, self.journal)
-        self._tracker = Tracker(self.journal, Climber(self.journal), self._ban_step, keep_recent)
+        self._tracker = Tracker(self.journal, Climber(self.journal), self._ban_step, keep_recent, self.watch)
         self._escalator = Escalator(self.journal.stamps.iso)
         self._hook_timeout_s = hook_timeout_s
         self._hook_queue = hook_queue
@@ -123,7 +123,8 @@ class Controller:
         if self._ticks % FORGET_EVERY_TICKS == 0:
             self._bans.forget_old(now)
         self._ticks += 1
-        seen = self.watch.step(now, groups, dst, samples, s)
+        self.journal.tick = self._ticks
+        seen = self.watch.step(now, groups, dst, samples, s, dict(port.read_downstream()))
         if seen is None:
             self._last_tick_s = time.perf_counter() - t0
             return TickReport(now, [], [], len(tracker.active), self._last_tick_s)
@@ -193,7 +194,7 @@ class Controller:
             bans_active=self._bans.count(),
             bans_total=self._bans.total,
             rules_active=len(self._enforcer.rules),
-            groups_tightened=len(self._enforcer.tight),
+            groups_tightened=len(self._enforcer.source_limited()),
             groups_syn_auth=len(self._enforcer.syn_auth),
             ticks=self._ticks,
             last_tick_seconds=self._last_tick_s,
@@ -213,7 +214,7 @@ class Controller:
             "baseline_warm_groups": self.watch.warm_groups(s),
             "attacks_active": len(self._tracker.active),
             "attacks": [attack_line(a) for a in self.attacks()],
-            "tightened": sorted(names.get(g, str(g)) for g in self._enforcer.tight),
+            "tightened": sorted(names.get(g, str(g)) for g in self._enforcer.source_limited()),
             "syn_auth": sorted(names.get(g, str(g)) for g in self._enforcer.syn_auth),
             "rules": len(self._enforcer.rules),
             "bans_active": self._bans.count(),

@@ -108,7 +108,9 @@ class Detector:
         self.release_ratio = release_ratio
         self.pulse_gap_ns = int(pulse_gap_s * 1e9)
 
-    def step(self, now_ns: int, signals: Signals, limits: Limits, eligible: Bool) -> Transitions:
+    def step(self, now_ns: int, signals: Signals, limits: Limits, eligible: Bool, urgent: Bool | None = None
+             ) -> Transitions:
+        """One tick. ``urgent`` [row, class]: series whose target hurts start at their first tick over."""
         cur = level(signals, limits)
         frozen = level(signals, self.frozen)
         was_active = self.active.copy()
@@ -121,6 +123,8 @@ class Detector:
         self.first_over_ns = np.where(over & (self.streak == 1), now_ns, self.first_over_ns)
         self.last_over_ns = np.where(over, now_ns, self.last_over_ns)
         start = over & (self.streak >= self.consecutive)
+        if urgent is not None:
+            start |= over & urgent
 
         below = was_active & (frozen < self.release_ratio)
         self.below_since_ns = np.where(

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 
 from agent.contract.abi import MAX_RULES, Origin, RuleAction
 from agent.contract.clock import NS
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 
 from .mitigate import limits_syns
 from .port import ControlPort
@@ -29,7 +29,6 @@ from .port import ControlPort
 class Wanted:
     """What the active attacks want enforced this tick."""
 
-    tight: dict[int, tuple[tuple[ClassLimit, ...], float]] = field(default_factory=dict)  # gid -> (limits, ttl)
     syn_auth: dict[int, float] = field(default_factory=dict)  # gid -> ttl
     rules: list[tuple[str, RuleSpec, float]] = field(default_factory=list)  # (attack id, rule, ttl), by priority
 
@@ -38,8 +37,6 @@ class Wanted:
 class Changes:
     """What this tick wrote, for the log and the attack records."""
 
-    tightened: list[int] = field(default_factory=list)  # new or changed limits
-    relaxed: list[int] = field(default_factory=list)
     syn_on: list[int] = field(default_factory=list)
     syn_off: list[int] = field(default_factory=list)
     rules_added: list[tuple[str, RuleSpec]] = field(default_factory=list)
@@ -53,7 +50,9 @@ def _match(rule: RuleSpec) -> RuleSpec:
 
 
 def _order(rule: RuleSpec) -> tuple[int, int]:
-    return (0 if rule.action == RuleAction.DROP else 1, -rule.dst.prefixlen)
+    """Drops first, then aggregate limits, then per-source limits (a SOURCE_LIMIT match ends the scan)."""
+    rank = {RuleAction.DROP: 0, RuleAction.RATE_LIMIT: 1, RuleAction.SOURCE_LIMIT: 2}[rule.action]
+    return (rank, -rule.dst.prefixlen)
 
 
 class Enforcer:
@@ -62,10 +61,13 @@ class Enforcer:
     def __init__(self, port: ControlPort, max_rules: int = MAX_RULES) -> None:
         self.port = port
         self.max_rules = max_rules
-        self.tight: dict[int, tuple[tuple[ClassLimit, ...], int]] = {}  # gid -> (limits, expires)
         self.syn_auth: dict[int, int] = {}  # gid -> expires
         self.rules: dict[tuple[str, RuleSpec], RuleSpec] = {}  # (attack id, match) -> written rule
         self._next_rule_id = 1
+
+    def source_limited(self) -> set[int]:
+        """The groups with a per-source limit in force (a SOURCE_LIMIT rule of an attack)."""
+        return {r.group for r in self.rules.values() if r.action == RuleAction.SOURCE_LIMIT}
 
     def apply(self, now_ns: int, wanted: Wanted) -> Changes:
         ch = Changes()
@@ -74,18 +76,6 @@ class Enforcer:
         return ch
 
     def _groups(self, now_ns: int, wanted: Wanted, ch: Changes) -> None:
-        for gid, (limits, ttl) in wanted.tight.items():
-            have = self.tight.get(gid)
-            if have is None or have[0] != limits or _due(have[1], now_ns, ttl):
-                exp = now_ns + int(ttl * NS)
-                self.port.tighten(gid, limits, exp)
-                if have is None or have[0] != limits:
-                    ch.tightened.append(gid)
-                self.tight[gid] = (limits, exp)
-        for gid in [g for g in self.tight if g not in wanted.tight]:
-            self.port.relax(gid)
-            del self.tight[gid]
-            ch.relaxed.append(gid)
         for gid, ttl in wanted.syn_auth.items():
             had = self.syn_auth.get(gid)
             if had is None or _due(had, now_ns, ttl):
@@ -138,14 +128,12 @@ class Enforcer:
     def remap(self, moves: dict[int, int]) -> None:
         """Group ids changed on a reload (old -> new): follow what was written under the old ids.
 
-        The policy apply kept each id's tightening in the kernel, but an old id
-        may now be another group's: lift it there, and let the next apply write
-        it again under the new id (expiry 0 = due)."""
-        for g in [g for g in self.tight if moves.get(g, g) != g]:
-            self.port.relax(g)
+        The policy apply kept each id's SYN authentication in the kernel, but an
+        old id may now be another group's: lift it there, and let the next apply
+        write it again under the new id (expiry 0 = due). Rules carry their own
+        group id and are rewritten from the attacks, which follow their group."""
         for g in [g for g in self.syn_auth if moves.get(g, g) != g]:
             self.port.set_syn_auth(g, None)
-        self.tight = {moves[g]: (lim, 0) for g, (lim, _e) in self.tight.items() if g in moves}
         self.syn_auth = {moves[g]: 0 for g in self.syn_auth if g in moves}
 
     def _take_id(self) -> int:

@@ -14,12 +14,14 @@ from datetime import UTC, datetime
 
 import structlog
 
+from agent.contract.abi import RuleAction
 from agent.contract.clock import NS
 from agent.contract.specs import RuleSpec
 from agent.policy.model import Step
 
 from .attacks import SYN_AUTH, Action, Attack, Measure, MitigationEntry, SynAuthMark
 from .enforce import Changes, Enforcer
+from .judge import Kind, Verdict
 from .settings import Settings
 from .stats import Histogram
 from .vectors import Vector
@@ -50,6 +52,7 @@ class Journal:
         self.stamps = stamps
         self._update_every_ns = int(update_every_s * NS)
         self.ttm = Histogram()
+        self.tick = 0  # the controller's tick count: records say when in ticks, which no machine's speed changes
 
     # ------------------------------------------------------------------ attacks
 
@@ -129,6 +132,16 @@ class Journal:
             monitor=monitor,
         )
 
+    def judged(self, a: Attack, previous: Verdict | None) -> None:
+        """The verdict changed (or was first made): a note on the record and an event."""
+        v = a.verdict
+        if v is None:
+            return
+        a.history.note(f"{v.kind} ({v.lever}): {v.why}")
+        self._log.info("attack_judged", **a.log_fields(), lever=str(v.lever), why=v.why,
+                       previous=None if previous is None else f"{previous.kind}/{previous.lever}",
+                       collateral=v.collateral or None)
+
     def removed(self, a: Attack, now: int, step: Measure, detail: dict[str, object]) -> None:
         self.entry(a, now, step, "removed", detail, monitor=a.monitor)
         self._log.info("mitigation_removed", attack_id=a.id, group=a.group, step=str(step), target=a.target,
@@ -149,9 +162,10 @@ class Journal:
         self, a: Attack, now: int, step: Measure, action: Action, detail: dict[str, object], monitor: bool = False
     ) -> None:
         h = a.history
-        h.add(MitigationEntry(now, self.stamps.iso(now), step, action, monitor, detail))
+        h.add(MitigationEntry(now, self.stamps.iso(now), step, action, monitor, detail, tick=self.tick))
         if action == "applied" and h.first_mitigation_ns is None:
             h.first_mitigation_ns = now
+            h.first_mitigation_tick = self.tick
             ttm = a.time_to_mitigate_s
             if ttm is not None and not monitor:
                 self.ttm.observe(ttm)
@@ -171,34 +185,24 @@ class Journal:
         for aid, rule in ch.rules_added:
             rec = by_id.get(aid)
             if rec is not None:
-                self.applied(rec, now, Step.RULE, rule_detail(rule, now))
+                self.applied(rec, now, step_of(rule), rule_detail(rule, now))
         for aid, rule in ch.rules_removed:
             rec = by_id.get(aid)
             if rec is not None:
-                self.removed(rec, now, Step.RULE, rule_detail(rule, now))
+                self.removed(rec, now, step_of(rule), rule_detail(rule, now))
         for aid, rule, why in ch.rules_refused:
             rec = by_id.get(aid)
             if rec is not None:
-                self.skip_once(rec, now, Step.RULE, f"rule for {rule.dst} not written: {why}")
+                self.skip_once(rec, now, step_of(rule), f"rule for {rule.dst} not written: {why}")
         for a in ended:
-            if a.applied.tightened:
-                self.removed(a, now, Step.TIGHTEN, {"relaxed": a.gid in ch.relaxed})
             if a.applied.syn_auth is SynAuthMark.WRITTEN:
                 self.removed(a, now, SYN_AUTH, {"stopped": a.gid in ch.syn_off})
 
     def _in_force(self, a: Attack, now: int, enforcer: Enforcer, settings: Settings) -> None:
         done = a.applied
         view = settings.groups[a.gid]
-        if Step.TIGHTEN in a.ladder.steps and not done.tightened and a.gid in enforcer.tight:
-            done.tightened = True
-            limits, exp = enforcer.tight[a.gid]
-            lim = limits[a.cls]
-            self.applied(a, now, Step.TIGHTEN, {
-                "traffic_class": a.traffic_class, "pps": lim.pps, "bps": lim.bps, "burst": lim.burst,
-                "factor": view.mitigation.tighten_factor, "expires_in_s": round((exp - now) / NS, 3),
-            })
-        if done.syn_auth is not None or a.flood != Vector.SYN_FLOOD:
-            return
+        if done.syn_auth is not None or a.flood != Vector.SYN_FLOOD or a.kind is Kind.SURGE:
+            return  # a surge is never mitigated: not even a challenge the group always sends is its doing
         if a.gid in enforcer.syn_auth:
             done.syn_auth = SynAuthMark.WRITTEN
             exp = enforcer.syn_auth[a.gid]
@@ -208,6 +212,11 @@ class Journal:
             # the record says so, with nothing to write and nothing to expire.
             done.syn_auth = SynAuthMark.ALWAYS
             self.applied(a, now, SYN_AUTH, {"always": True})
+
+
+def step_of(rule: RuleSpec) -> Step:
+    """The ladder step a written rule belongs to: a per-source limit is the tighten step."""
+    return Step.TIGHTEN if rule.action == RuleAction.SOURCE_LIMIT else Step.RULE
 
 
 def rule_detail(rule: RuleSpec, now: int) -> dict[str, object]:
@@ -224,8 +233,10 @@ def rule_detail(rule: RuleSpec, now: int) -> dict[str, object]:
         out["dport"] = list(rule.dport)
     if rule.tcp_flags_mask:
         out["tcp_flags"] = {"mask": rule.tcp_flags_mask, "value": rule.tcp_flags_value}
-    if rule.action.name == "RATE_LIMIT":
+    if rule.action in (RuleAction.RATE_LIMIT, RuleAction.SOURCE_LIMIT):
         out["pps"], out["bps"] = rule.pps, rule.bps
+    if rule.traffic_class is not None:
+        out["traffic_class"] = rule.traffic_class.label
     return out
 
 

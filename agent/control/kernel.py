@@ -12,15 +12,14 @@ token-bucket settings — live here, next to the port they serve.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 from numpy.typing import NDArray
 
 from agent.contract import abi
 from agent.contract.keys import IPNetwork, prefix_key
-from agent.contract.rates import make_rate
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.datapath.mapport import MapPort
 
 from .port import ControlPort, DstSnapshot, PacketSample, sample_from_raw
@@ -38,6 +37,10 @@ def _no_rules() -> Sequence[RuleSpec]:
     return ()
 
 
+def _no_downstream() -> Mapping[int, int]:
+    return {}
+
+
 class KernelPort:
     """`ControlPort` over the pinned maps of one program."""
 
@@ -48,11 +51,14 @@ class KernelPort:
         drain: Callable[[], Iterable[abi.Sample]] = _no_samples,
         reason_id: Callable[[str], int] = _no_reason,
         other_rules: Callable[[], Sequence[RuleSpec]] = _no_rules,
+        downstream: Callable[[], Mapping[int, int]] = _no_downstream,
     ) -> None:
+        """``downstream``: cumulative drops towards each group, read by the daemon (it owns netlink)."""
         self.maps = maps
         self._drain = drain
         self._reason_id = reason_id
         self._other_rules = other_rules
+        self._downstream = downstream
 
     def now_ns(self) -> int:
         return time.clock_gettime_ns(time.CLOCK_MONOTONIC)
@@ -68,12 +74,8 @@ class KernelPort:
     def drain_samples(self) -> list[PacketSample]:
         return [sample_from_raw(s) for s in self._drain()]
 
-    def tighten(self, gid: int, limits: Sequence[ClassLimit], expires_ns: int) -> None:
-        rates = [make_rate(lim.pps, lim.bps, lim.burst) for lim in limits]
-        self.maps.tighten(gid, rates, expires_ns, abi.Origin.AUTO)
-
-    def relax(self, gid: int) -> None:
-        self.maps.relax(gid)
+    def read_downstream(self) -> Mapping[int, int]:
+        return self._downstream()
 
     def set_syn_auth(self, gid: int, expires_ns: int | None) -> None:
         self.maps.set_syn_auth(gid, expires_ns)

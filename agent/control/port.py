@@ -2,7 +2,7 @@
 
 The controller never sees a map, a file descriptor or a ctypes structure.
 It reads cumulative counters and sampled packet headers and writes
-tightened limits, SYN authentication, rules and bans through `ControlPort`.
+SYN authentication, rules (per-source limits among them) and bans through `ControlPort`.
 The daemon implements the port over ``agent.datapath.mapport.MapPort``
 (agent/control/kernel.py, converting with `sample_from_raw` and
 `DstSnapshot.from_raw`); unit tests use an in-memory fake (tests/unit/fakes.py).
@@ -24,7 +24,7 @@ from numpy.typing import NDArray
 from agent.contract import abi
 from agent.contract.abi import LIMIT_CLASSES
 from agent.contract.keys import HALVES_DTYPE, IPAddress, IPNetwork, address_from_words, address_of, halves
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 
 #: One host's counters: [packets, bytes, dropped] rows of one value per class.
 CounterBlock = NDArray[np.uint64] | Sequence[Sequence[int]]
@@ -176,12 +176,10 @@ class ControlPort(Protocol):
         """Every packet sample queued since the last call."""
         ...
 
-    def tighten(self, gid: int, limits: Sequence[ClassLimit], expires_ns: int) -> None:
-        """Replace the group's per-source limits (one per class) until expires_ns."""
-        ...
-
-    def relax(self, gid: int) -> None:
-        """Back to the group's policy limits now."""
+    def read_downstream(self) -> Mapping[int, int]:
+        """Cumulative packets dropped on the way to each protected group (group id -> count): the
+        gateway's interface towards it and that interface's queues. Groups whose way is not known
+        are left out."""
         ...
 
     def set_syn_auth(self, gid: int, expires_ns: int | None) -> None:

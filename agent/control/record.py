@@ -18,8 +18,10 @@ def render(a: Attack, now_ns: int | None = None) -> dict[str, object]:
     ttm = a.time_to_mitigate_s
     h, t = a.history, a.traffic
     end = a.end
+    v = a.verdict
     out: dict[str, object] = {
         "id": a.id,
+        "kind": str(a.kind),
         "active": a.active,
         "group": a.group,
         "target": {"group": a.group, "host": a.aim.host, "prefixes": a.aim.prefixes},
@@ -47,11 +49,13 @@ def render(a: Attack, now_ns: int | None = None) -> dict[str, object]:
         "escalations": [m.to_dict() for m in h.escalations],
         "monitor": a.monitor,
         "time_to_mitigate_s": round(ttm, 3) if ttm is not None else None,
+        "ticks_to_mitigate": a.ticks_to_mitigate,
         "bans": h.bans,
         "banned": list(h.banned),
         "ladder_steps": [str(s) for s in a.ladder.steps],
         "mitigations": [entry(m) for m in h.mitigations],
         "notes": list(h.notes),
+        "verdict": v.to_dict() if v is not None else None,
     }
     out.update(a.evidence.samples.summary())
     return out
@@ -64,7 +68,7 @@ def event(name: str, a: Attack, now_ns: int) -> dict[str, object]:
 
 def entry(m: MitigationEntry) -> dict[str, object]:
     """One mitigation entry; its own fields last, so that a detail never hides what was done."""
-    return {**m.detail, "at": m.at, "step": str(m.step), "action": m.action, "monitor": m.monitor}
+    return {**m.detail, "at": m.at, "tick": m.tick, "step": str(m.step), "action": m.action, "monitor": m.monitor}
 
 
 def _num(x: float) -> float | None:

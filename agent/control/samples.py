@@ -81,6 +81,16 @@ class SpoofVerdict:
     why: str
 
 
+@dataclass(frozen=True)
+class SourceStats:
+    """Who sent an attack's recent samples."""
+
+    samples: int
+    distinct: int
+    top_share: float  # share of the samples from the heaviest sources listed in ``top``
+    top: tuple[tuple[IPAddress, float, int], ...]  # (source, estimated pps, samples), heaviest first
+
+
 #: TCP flags that tell floods apart (FIN, SYN, RST, ACK; PSH and URG vary within one kind).
 TCP_KIND_MASK = 0x17
 
@@ -134,6 +144,7 @@ class AttackSamples:
         self.count = 0
         self.seconds = 0.0
         self._window: deque[SampleStats] = deque(maxlen=WINDOW_TICKS)
+        self._window_dt: deque[float] = deque(maxlen=WINDOW_TICKS)
         self._streaks: dict[int, int] = {}
         self._rates: dict[int, float] = {}
 
@@ -143,6 +154,7 @@ class AttackSamples:
         self.count += stats.total
         self.seconds += dt
         self._window.append(stats)
+        self._window_dt.append(dt)
         self.sources.update(stats.sources)
         self.sports.update(stats.sports)
         self.dports.update(stats.dports)
@@ -178,6 +190,29 @@ class AttackSamples:
         out.sort(key=lambda x: -x[1])
         return [(source_address(src), pps) for src, pps in out]
 
+    def window_sources(self) -> Counter[int]:
+        """Samples per source (`source_key`) over the recent window."""
+        merged: Counter[int] = Counter()
+        for stats in self._window:
+            merged.update(stats.sources)
+        return merged
+
+    def source_stats(self, n: int = 10) -> SourceStats:
+        """The recent samples' sources: how many, how concentrated, and the heaviest with their rates."""
+        merged: Counter[int] = Counter()
+        for stats in self._window:
+            merged.update(stats.sources)
+        total = sum(merged.values())
+        seconds = sum(self._window_dt)
+        top = merged.most_common(n)
+        scale = self.sample_every / seconds if seconds > 0 else 0.0
+        return SourceStats(
+            samples=total,
+            distinct=len(merged),
+            top_share=sum(c for _, c in top) / total if total else 0.0,
+            top=tuple((source_address(k), c * scale, c) for k, c in top),
+        )
+
     def spoofing(self, spoof_ratio: float) -> SpoofVerdict:
         """Do the sources look forged? From the distinct-source ratio of the recent samples."""
         n = sum(stats.total for stats in self._window)
@@ -194,6 +229,7 @@ class AttackSamples:
     def finish(self) -> None:
         """The attack ended: keep the summary, drop the working state (ended records are kept for long)."""
         self._window.clear()
+        self._window_dt.clear()
         self._streaks, self._rates = {}, {}
 
     def rate(self, count: int) -> float:

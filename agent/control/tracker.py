@@ -13,20 +13,26 @@ import math
 from collections import Counter, deque
 
 from agent.contract.abi import TrafficClass
+from agent.contract.keys import IPAddress
 from agent.policy.model import Step
 
 from .attacks import Attack, Ending, Evidence, Thresholds
 from .banstep import BanStep
 from .journal import Journal
+from .judge import Inputs, Kind, Lever, judge
 from .ladder import Climber
-from .samples import AttackSamples
+from .samples import AttackSamples, SourceStats, SpoofVerdict, source_key
 from .settings import GroupView, Settings
 from .target import locate
-from .vectors import MIN_RANGE_SAMPLES, classify, top_protocols
+from .vectors import MIN_RANGE_SAMPLES, Classification, classify, top_protocols
 from .watch import Series, TickData, Watch
 
-#: A source is clearly abusive above this many times its group's per-source limit.
+#: A source is clearly abusive above this many times its group's per-source limit...
 ABUSE_FACTOR = 2.0
+#: ... or this many times the per-source limit an attack set for it (its lever: sources).
+SOURCE_ABUSE_FACTOR = 5.0
+#: SYN samples needed before their senders' handshakes are judged one by one.
+MIN_ACKED_SAMPLES = 20
 #: Packets in a tick before the new-sources counter may call a flood spoofed.
 MIN_SPOOF_PACKETS = 1000
 
@@ -34,13 +40,15 @@ MIN_SPOOF_PACKETS = 1000
 class Tracker:
     """The active attacks by series, and the last ended ones (newest first)."""
 
-    def __init__(self, journal: Journal, climber: Climber, bans: BanStep, keep_recent: int) -> None:
+    def __init__(self, journal: Journal, climber: Climber, bans: BanStep, keep_recent: int, watch: Watch) -> None:
         self._journal = journal
+        self._watch = watch
         self._climber = climber
         self._bans = bans
         self.active: dict[Series, Attack] = {}
         self.recent: deque[Attack] = deque(maxlen=keep_recent)
         self.started_by_vector: Counter[str] = Counter()
+        self.surges_total = 0
         self.ended_total = 0
         self._seq = 0
 
@@ -61,21 +69,26 @@ class Tracker:
             thresholds=Thresholds(t_pps, t_bps, h_pps if math.isfinite(h_pps) else None),
             monitor=view.monitor,
             evidence=Evidence(AttackSamples(s.detection.sample_every)),
+            start_tick=self._journal.tick,
         )
-        a.evidence.samples.seed(watch.take_pending((gid, cls)), _abusive_pps(view, cls))
+        a.evidence.samples.seed(watch.take_pending((gid, cls)), _abusive_pps(None, view, cls))
         self.active[(gid, cls)] = a
-        scope = self._observe(a, t, s)
-        self.started_by_vector[str(a.vector)] += 1
+        self._observe(a, t, s, log_verdict=False)
+        if a.kind is Kind.ATTACK:
+            self.started_by_vector[str(a.vector)] += 1
+        else:
+            self.surges_total += 1
         self._journal.started(a, now)
-        self._act(a, now, scope, s, first=True)
+        self._journal.judged(a, None)
+        self._act(a, now, s)
         return a
 
     def update(self, a: Attack, t: TickData, s: Settings) -> None:
         """A tick of an attack that was already running: observe, report, act."""
         before = (a.vector, a.service, a.target)
-        scope = self._observe(a, t, s)
+        self._observe(a, t, s)
         self._journal.updated(a, t.now, before)
-        self._act(a, t.now, scope, s, first=False)
+        self._act(a, t.now, s)
 
     def end(self, a: Attack, now: int, reason: str) -> Attack:
         a.end = Ending(now, self._journal.stamps.iso(now), reason)
@@ -98,9 +111,8 @@ class Tracker:
         """The active attacks, oldest first."""
         return sorted(self.active.values(), key=lambda a: a.start_ns)
 
-    def _observe(self, a: Attack, t: TickData, s: Settings) -> tuple[float, float, float]:
-        """Update the attack from this tick: target, rates, samples, shape, spoofing.
-        Returns pps, bps and dropped pps of the attack's own scope (its host, or its group)."""
+    def _observe(self, a: Attack, t: TickData, s: Settings, *, log_verdict: bool = True) -> None:
+        """Update the attack from this tick: target, rates, samples, shape, spoofing, verdict."""
         view = s.groups[a.gid]
         g, d, cls = t.groups, t.dst, a.cls
         prev = a.aim.located
@@ -128,7 +140,7 @@ class Tracker:
         if tgt is not None and tgt.host is not None:
             host = tgt.host
             series = [x for x in series if x.dst == host]
-        a.evidence.samples.add_tick(series, t.dt, _abusive_pps(view, cls))
+        a.evidence.samples.add_tick(series, t.dt, _abusive_pps(a, view, cls))
         t_pps, _ = a.scope_thresholds()
         shape = a.shape
         first = shape.classification is None
@@ -142,12 +154,68 @@ class Tracker:
                 shape.classification = classify(cls, window)
                 shape.protocols = top_protocols(window, 2)
         self._judge_spoofing(a, t, view)
-        return pps, bps, dropped
+        if first or pps > t_pps or t.distress_of(a.gid).hurting:
+            self._judge(a, t, view, log_verdict)
 
-    def _act(self, a: Attack, now: int, scope: tuple[float, float, float], s: Settings, *, first: bool) -> None:
-        """Climb the ladder and ban what the ban step finds."""
+    def _acks_of(self, a: Attack, sources: SourceStats) -> dict[IPAddress, int]:
+        """Other-TCP samples of a SYN attack's heaviest senders (empty for other classes)."""
+        if a.cls is not TrafficClass.TCP_SYN:
+            return {}
+        acks = self._watch.acks_from(a.gid)
+        return {src: acks.get(source_key(src), 0) for src, _pps, _n in sources.top}
+
+    def _acked_share(self, a: Attack) -> float | None:
+        """Of a SYN attack's recent samples, the share from senders also sampled sending ACKs or data."""
+        if a.cls is not TrafficClass.TCP_SYN:
+            return None
+        syn = a.evidence.samples.window_sources()
+        total = sum(syn.values())
+        if total < MIN_ACKED_SAMPLES:
+            return None
+        acks = self._watch.acks_from(a.gid)
+        return sum(n for src, n in syn.items() if acks.get(src, 0)) / total
+
+    def _judge(self, a: Attack, t: TickData, view: GroupView, log: bool) -> None:
+        """Attack or surge, and the lever; an attack stays an attack, and a lever found is kept."""
+        g, gid = t.groups, a.gid
+        mean = self._watch.baseline.mean_pps
+
+        def rate(cls: TrafficClass) -> float:
+            return float(g.pps[gid, cls]) if gid < g.groups else 0.0
+
+        def normal(cls: TrafficClass) -> float:
+            return float(mean[gid, cls]) if gid < mean.shape[0] else 0.0
+
+        ev = a.evidence
+        spoof = SpoofVerdict(ev.spoofed, ev.spoof_reason or ev.samples.spoofing(view.mitigation.spoof_ratio).why)
+        sources = ev.samples.source_stats(100)
+        v = judge(Inputs(
+            cls=a.cls, shape=a.shape.classification or Classification(a.flood), sources=sources,
+            spoof=spoof, profile=self._watch.profiles.of(gid), class_pps=a.traffic.pps, normal_pps=normal(a.cls),
+            syn_pps=rate(TrafficClass.TCP_SYN), syn_normal=normal(TrafficClass.TCP_SYN),
+            other_pps=rate(TrafficClass.TCP_OTHER), other_normal=normal(TrafficClass.TCP_OTHER),
+            distress=t.distress_of(gid), syn_auth=view.syn_auth, age_s=(t.now - a.first_over_ns) / 1e9,
+            acks_from=self._acks_of(a, sources), acked_share=self._acked_share(a),
+            syn_undelivered_pps=float(g.dropped_pps[gid, TrafficClass.TCP_SYN]) if gid < g.groups else 0.0,
+            source_headroom=view.mitigation.source_headroom, shape_headroom=view.mitigation.shape_headroom,
+        ))
+        prev = a.verdict
+        if prev is not None and prev.kind is Kind.ATTACK and v.kind is Kind.SURGE:
+            return  # evidence thins out as a mitigation bites; an attack does not become a surge
+        if prev is not None and prev.lever is not Lever.NONE and v.lever is Lever.NONE:
+            return
+        a.verdict = v
+        if prev is not None and prev.kind is Kind.SURGE and v.kind is Kind.ATTACK:
+            self.started_by_vector[str(a.vector)] += 1  # counted as an attack from now on
+        if log and (prev is None or (prev.kind, prev.lever) != (v.kind, v.lever)):
+            self._journal.judged(a, prev)
+
+    def _act(self, a: Attack, now: int, s: Settings) -> None:
+        """Climb the ladder and ban what the ban step finds (a surge: nothing)."""
+        if a.kind is Kind.SURGE:
+            return
         view = s.groups[a.gid]
-        self._climber.climb(a, now, view, s, scope, first=first)
+        self._climber.climb(a, now, view, s)
         if Step.BAN in a.ladder.steps and not a.evidence.spoofed:
             self._bans.run(a, now, view, s)
 
@@ -171,6 +239,11 @@ class Tracker:
             self._journal.skip_once(a, t.now, Step.BAN, ev.spoof_reason)
 
 
-def _abusive_pps(view: GroupView, cls: int) -> float:
+def _abusive_pps(a: Attack | None, view: GroupView, cls: int) -> float:
+    """Above this a source is clearly abusive: twice its per-source limit (the attack's own, when its
+    lever limits sources; else the group's). No limit: no source is abusive."""
+    v = a.verdict if a is not None else None
+    if v is not None and v.lever is Lever.SOURCES and v.source_pps:
+        return SOURCE_ABUSE_FACTOR * v.source_pps
     limit = view.limits[cls].pps
-    return ABUSE_FACTOR * limit if limit else 0.0
+    return ABUSE_FACTOR * limit if limit else math.inf

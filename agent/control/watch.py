@@ -10,20 +10,29 @@ kept, so that a new attack record starts with the evidence that led to it.
 
 from __future__ import annotations
 
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 
 import numpy as np
 from numpy.typing import NDArray
 
-from agent.contract.abi import LIMIT_CLASSES
+from agent.contract.abi import LIMIT_CLASSES, TrafficClass
 
 from .baseline import Baseline
 from .detect import Detector, Limits, Signals, Transitions
+from .judge import Distress
 from .meter import DstRates, GroupRates, GroupRows, RateMeter
 from .port import DstSnapshot, PacketSample
-from .samples import TickSamples
+from .profile import Profiles
+from .samples import TickSamples, source_key
 from .settings import Settings
+
+#: Ticks of other-TCP sources kept to tell which SYN senders complete their handshakes.
+ACK_WINDOW_TICKS = 10
+#: Drops per second towards a group that mean its side hurts (a queue overflowing, not one lost packet).
+DISTRESS_DROPS_PS = 10.0
+#: Offered traffic over this share of a group's uplink capacity: its link is full.
+DISTRESS_LOAD = 0.9
 
 Series = tuple[int, int]  # (group id, class)
 SampleTick = tuple[list[PacketSample], float]  # one tick's samples of a series, and the tick's length
@@ -38,6 +47,10 @@ class TickData:
     dst: DstRates
     samples: TickSamples
     rows: GroupRows  # each group's rows in dst
+    distress: dict[int, Distress]  # the groups whose side hurts this tick (others: not hurting)
+
+    def distress_of(self, gid: int) -> Distress:
+        return self.distress.get(gid, NO_DISTRESS)
 
     @property
     def dt(self) -> float:
@@ -53,13 +66,21 @@ class Watch:
         self.baseline = Baseline(shape, d.baseline.half_life, d.baseline.warmup)
         self.detector = Detector(shape, d.consecutive, d.hold_down, d.release_ratio, d.pulse_gap)
         self.meter = RateMeter()
+        self.profiles = Profiles(d.baseline.half_life, d.sample_every)
+        # Who sent other TCP (ACKs, data) to each group lately: real clients complete their handshakes.
+        self._acks: deque[dict[int, Counter[int]]] = deque(maxlen=ACK_WINDOW_TICKS)
         self._pending: dict[Series, deque[SampleTick]] = {}
+        self._drops: dict[int, int] = {}
 
     def step(
-        self, now: int, groups: NDArray[np.uint64], dst: DstSnapshot, samples: TickSamples, s: Settings
+        self, now: int, groups: NDArray[np.uint64], dst: DstSnapshot, samples: TickSamples, s: Settings,
+        downstream: dict[int, int] | None = None,
     ) -> tuple[TickData, Transitions] | None:
-        """Detect over this tick's counters; None on the first read (a count since boot is not a rate)."""
+        """Detect over this tick's counters; None on the first read (a count since boot is not a rate).
+
+        ``downstream``: cumulative drops towards each group (`ControlPort.read_downstream`)."""
         rates = self.meter.update(now, groups, dst)
+        drops = self._drops_ps(downstream or {}, rates[0].dt if rates is not None else 0.0)
         if rates is None:
             return None
         g, d = rates
@@ -68,11 +89,42 @@ class Watch:
         t_pps, t_bps = self.baseline.thresholds(
             s.detection.baseline.k, s.detection.baseline.min_pps, s.floor_pps, s.floor_bps
         )
+        distress = _distress(gp, gb, drops, s)
+        urgent = np.zeros((s.rows, LIMIT_CLASSES), dtype=bool)
+        for gid in distress:
+            if gid < s.rows:
+                urgent[gid] = True
         step = self.detector.step(
-            now, Signals(gp, gb, hp, hb), Limits(t_pps, t_bps, s.host_floor_pps, s.host_floor_bps), s.eligible
+            now, Signals(gp, gb, hp, hb), Limits(t_pps, t_bps, s.host_floor_pps, s.host_floor_bps), s.eligible,
+            urgent,
         )
-        self.baseline.learn(gp, gb, g.dt, step.learn)
-        return TickData(now, g, d, samples, GroupRows(d)), step
+        learn = _tcp_together(step.learn)
+        self.baseline.learn(gp, gb, g.dt, learn)
+        calm = {k for k in samples.by_series if k[0] < learn.shape[0] and bool(learn[k])}
+        self.profiles.learn(samples.by_series, g.dt, calm)
+        self._acks.append({gid: Counter(source_key(x.src) for x in got)
+                           for (gid, cls), got in samples.by_series.items() if cls == TrafficClass.TCP_OTHER})
+        return TickData(now, g, d, samples, GroupRows(d), distress), step
+
+    def _drops_ps(self, downstream: dict[int, int], dt: float) -> dict[int, float]:
+        """Drops per second towards each group since the last tick."""
+        out: dict[int, float] = {}
+        if dt > 0:
+            for gid, n in downstream.items():
+                prev = self._drops.get(gid)
+                if prev is not None and n >= prev:
+                    out[gid] = (n - prev) / dt
+        self._drops = dict(downstream)
+        return out
+
+    def acks_from(self, gid: int) -> Counter[int]:
+        """Samples of other TCP to the group over the last few ticks, by source (`samples.source_key`)."""
+        out: Counter[int] = Counter()
+        for tick in self._acks:
+            got = tick.get(gid)
+            if got:
+                out.update(got)
+        return out
 
     def take_pending(self, series: Series) -> list[SampleTick]:
         """The samples that led up to a start, handed to the new record."""
@@ -95,11 +147,14 @@ class Watch:
         self.baseline = self.baseline.remap(new.rows, moves)
         self.detector = self.detector.remap(new.rows, moves)
         self._pending = {k: q for k, q in self._pending.items() if moves.get(k[0]) == k[0]}
+        self.profiles.remap(moves)
+        self._drops = {}
         if any(o != n for o, n in moves.items()):
             # Counters are indexed by group id: a tick of rates over moved ids would be garbage.
             self.meter.reset()
             self._pending.clear()
         d = new.detection
+        self.profiles.configure(d.baseline.half_life, d.sample_every)
         self.baseline.configure(d.baseline.half_life, d.baseline.warmup)
         self.detector.configure(d.consecutive, d.hold_down, d.release_ratio, d.pulse_gap)
 
@@ -107,6 +162,33 @@ class Watch:
         """Groups with at least one class whose baseline has warmed up."""
         warm = self.baseline.warm & s.eligible
         return int(warm.any(axis=1).sum())
+
+
+NO_DISTRESS = Distress()
+
+
+def _distress(gp: NDArray[np.float64], gb: NDArray[np.float64], drops: dict[int, float], s: Settings
+              ) -> dict[int, Distress]:
+    """The groups whose side hurts: drops towards them, or their uplink near capacity."""
+    out: dict[int, Distress] = {}
+    for gid, rate in drops.items():
+        if rate >= DISTRESS_DROPS_PS and gid in s.groups:
+            out[gid] = Distress(True, f"{rate:.0f} packets/s dropped on the way to it", drops_ps=rate)
+    for view in s.uplinked:
+        up = view.uplink
+        if up is None or view.gid >= gp.shape[0]:
+            continue
+        loads = []
+        if up.bps:
+            loads.append(float(gb[view.gid].sum()) / up.bps)
+        if up.pps:
+            loads.append(float(gp[view.gid].sum()) / up.pps)
+        load = max(loads, default=0.0)
+        if load >= DISTRESS_LOAD:
+            prev = out.get(view.gid)
+            why = f"its link is {load:.0%} full" + (f"; {prev.why}" if prev is not None else "")
+            out[view.gid] = Distress(True, why, drops_ps=prev.drops_ps if prev else 0.0, load=load)
+    return out
 
 
 def _host_max(d: DstRates, s: Settings) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
@@ -136,4 +218,15 @@ def _fit(a: NDArray[np.float64], rows: int) -> NDArray[np.float64]:
         return a[:rows]
     out = np.zeros((rows, a.shape[1]))
     out[: a.shape[0]] = a
+    return out
+
+
+def _tcp_together(learn: NDArray[np.bool_]) -> NDArray[np.bool_]:
+    """A group's two TCP classes learn only together: handshake completion compares the surplus of
+    one over the other's, so neither normal may drift while the other is frozen by a candidate (a
+    load's ACKs learned as normal while its SYNs were not would hide the next crowd's ACKs)."""
+    out = learn.copy()
+    both = learn[:, TrafficClass.TCP_SYN] & learn[:, TrafficClass.TCP_OTHER]
+    out[:, TrafficClass.TCP_SYN] = both
+    out[:, TrafficClass.TCP_OTHER] = both
     return out

@@ -11,7 +11,7 @@ import threading
 
 from agent.contract.clock import monotonic_ns
 from agent.datapath.mapport import MapPort
-from agent.metrics import AttackStats, MetricsSource, count_bans
+from agent.metrics import AttackStats, MetricsSource, UpstreamStats, count_bans
 
 from .parts import Parts
 
@@ -33,6 +33,10 @@ class AgentMetrics:
     def group_names(self) -> dict[int, str]:
         compiled = self._parts.runtime.compiled
         return {g.gid: g.name for g in compiled.groups} if compiled else {0: "default"}
+
+    def watch_names(self) -> dict[int, str]:
+        compiled = self._parts.runtime.compiled
+        return dict(compiled.watch_names) if compiled else {}
 
     def xdp_modes(self) -> dict[str, str]:
         return self._parts.interfaces.modes()
@@ -60,6 +64,15 @@ class AgentMetrics:
         return AttackStats(active=st.active_by_vector, total=st.started_by_vector,
                            time_to_mitigate=st.time_to_mitigate, time_to_mitigate_sum=st.time_to_mitigate_sum,
                            escalations_total=st.escalations_total)
+
+
+    def upstream_stats(self) -> UpstreamStats | None:
+        up = self._parts.upstream
+        st = up.stats() if up is not None else None
+        if st is None:
+            return None
+        return UpstreamStats(speaker_up=st.speaker_up, sessions=st.sessions, announcements=st.announcements,
+                             refused=st.refused, changes=st.changes)
 
 
 def _is_a_source(source: AgentMetrics) -> MetricsSource:

@@ -20,7 +20,9 @@ from agent.control.controller import Controller
 from agent.datapath import loader
 from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
+from agent.upstream.service import UpstreamService
 
+from .downstream import Downstream
 from .interfaces import InterfaceWatcher
 from .reload import PolicyRuntime
 from .state import Reasons, StateStore
@@ -81,6 +83,8 @@ class Parts:
     store: StateStore
     interfaces: InterfaceWatcher
     throughput: Throughput
+    downstream: Downstream
+    upstream: UpstreamService | None = None  # announcements over BGP (policy upstream:)
     started_at: float = field(default_factory=time.time)
 
     @property

@@ -40,11 +40,13 @@ from agent.datapath.errors import DatapathError
 from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Maps
 from agent.policy import LoadResult, Policy, load_policy
-from agent.policy.compile import compile_policy
+from agent.policy.compile import CompiledPolicy, compile_policy
 from agent.policy.watch import PolicyWatcher
+from agent.upstream.service import UpstreamService
 
 from . import StartupError
 from .api import ControlServer
+from .downstream import Downstream
 from .interfaces import InterfaceWatcher
 from .metrics_source import AgentMetrics
 from .parts import Parts, Throughput
@@ -107,13 +109,16 @@ class Supervisor:
             raise StartupError("cannot apply the policy: " + "; ".join(outcome.errors))
         self._rotate_syn_key(port, force=True)
 
-        controller = _controller(program, port, runtime, reasons, self._ban_counts, store)
+        downstream = Downstream(group_prefixes(runtime.compiled))
+        controller = _controller(program, port, runtime, reasons, self._ban_counts, store, downstream)
         interfaces = InterfaceWatcher(port, program.fd, program.id, [(i.name, i.mode) for i in policy.interfaces],
                                       self.lock)
         interfaces.attach_all()
         interfaces.open()
         self.parts = parts = Parts(program=program, maps=maps, port=port, runtime=runtime, controller=controller,
-                                   reasons=reasons, store=store, interfaces=interfaces, throughput=Throughput())
+                                   reasons=reasons, store=store, interfaces=interfaces, throughput=Throughput(),
+                                   downstream=downstream,
+                                   upstream=UpstreamService(policy, policy.state_dir))
         self._policy_watcher = PolicyWatcher(runtime.files, runtime.include_globs)
         verbs = Verbs(parts, self, self._capture)
         self._control = ControlServer(policy.control.socket, policy.control.group, verbs.table(self.lock).serve)
@@ -223,6 +228,9 @@ class Supervisor:
         with self.lock:
             # Detection failing must not stop expiry and the rest of the tick.
             self._guard("detection", p.controller.tick)
+            if p.upstream is not None and p.upstream.enabled:
+                # The records, not the controller: the upstream worker reconciles on its own thread.
+                p.upstream.submit([a.to_dict() for a in p.controller.attacks(active=True)])
             counts = p.controller.ban_counts()
             if counts != self._ban_counts:
                 self._ban_counts = counts
@@ -280,6 +288,9 @@ class Supervisor:
             self._policy_watcher.update(p.runtime.files, p.runtime.include_globs)
             if outcome.ok and p.runtime.policy is not None and p.runtime.compiled is not None:
                 p.controller.update_policy(p.runtime.policy, p.runtime.compiled)
+                p.downstream.set_groups(group_prefixes(p.runtime.compiled))
+                if p.upstream is not None:
+                    p.upstream.update_policy(p.runtime.policy)
                 if dict(p.runtime.compiled.group_ids) != before:
                     p.store.changed()
             self.notifier.ready(status="policy reloaded" if outcome.ok else "policy rejected, previous kept")
@@ -314,6 +325,9 @@ class Supervisor:
             if p is not None:
                 p.interfaces.close()
                 p.controller.close()
+                p.downstream.close()
+                if p.upstream is not None:
+                    p.upstream.close()  # announcements stay with the speaker, each until its expiry
                 p.port.close()
                 p.maps.close()
                 p.program.close()
@@ -359,8 +373,8 @@ class _SavingPort(KernelPort):
     """The controller's port; its bans and unbans tell the state store to save."""
 
     def __init__(self, maps: MapPort, store: StateStore, *, drain: Callable[[], list[abi.Sample]],
-                 reason_id: Callable[[str], int]) -> None:
-        super().__init__(maps, drain=drain, reason_id=reason_id)
+                 reason_id: Callable[[str], int], downstream: Downstream) -> None:
+        super().__init__(maps, drain=drain, reason_id=reason_id, downstream=downstream)
         self._store = store
 
     def ban(self, net: IPNetwork, expires_ns: int, monitor: bool, reason: str) -> None:
@@ -372,14 +386,22 @@ class _SavingPort(KernelPort):
         self._store.changed()
 
 
+def group_prefixes(compiled: CompiledPolicy | None) -> dict[int, list[IPNetwork]]:
+    """Each protected group's prefixes, for finding the way to it."""
+    if compiled is None:
+        return {}
+    return {g.gid: [e.network for e in g.group.prefixes] for g in compiled.groups if g.group is not None}
+
+
 def _controller(program: loader.Program, port: MapPort, runtime: PolicyRuntime, reasons: Reasons,
-                ban_counts: dict[str, int], store: StateStore) -> Controller:
+                ban_counts: dict[str, int], store: StateStore, downstream: Downstream) -> Controller:
     """The detection loop (agent/control), fed by the samples ring, knowing the automatic bans in force."""
     assert runtime.policy is not None and runtime.compiled is not None
     now = monotonic_ns()
     auto_bans = {key_network(k): rec[0] for k, kind, _o, rec in port.addresses.records(abi.Origin.AUTO)
                  if kind == abi.SRC_BAN and (rec[0] == 0 or rec[0] > now)}
-    kernel = _SavingPort(port, store, drain=_SamplesRing(program).drain, reason_id=reasons.id_of)
+    kernel = _SavingPort(port, store, drain=_SamplesRing(program).drain, reason_id=reasons.id_of,
+                         downstream=downstream)
     return Controller(runtime.policy, runtime.compiled, kernel, ban_counts=ban_counts, auto_bans=auto_bans)
 
 

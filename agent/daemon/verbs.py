@@ -246,6 +246,7 @@ class Verbs:
             Verb.of("explain", ExplainArgs, self.explain, "everything the program decides about one address"),
             Verb.of("attacks", AttacksArgs, self.attacks, "active and recent attacks"),
             Verb.of("top", TopArgs, self.top, "busiest destinations, sources and groups"),
+            Verb.of("upstream", NoArgs, self.upstream, "BGP sessions and Flowspec/RTBH announcements"),
             Verb.of("reload", NoArgs, self.reload, "load, validate and apply the policy again"),
             Verb.of("detach", NoArgs, self.detach, "remove the program and its pins, then stop"),
         ], lock)
@@ -322,7 +323,20 @@ class Verbs:
         active = [x.to_dict() for x in controller.attacks(active=True)]
         ids = {x["id"] for x in active}
         recent = [x.to_dict() for x in controller.attacks(active=False, recent=a.recent)]
+        records = [*active, *(x for x in recent if x["id"] not in ids)]
+        upstream = self._parts.upstream
+        if upstream is not None and upstream.enabled:
+            # What was announced (or refused) upstream for each attack, next to its mitigations.
+            views = upstream.for_attacks([str(x["id"]) for x in records])
+            for x in records:
+                x["upstream"] = views.get(str(x["id"]), {"announcements": [], "refused": []})
         return {"active": active, "recent": [x for x in recent if x["id"] not in ids]}
+
+    def upstream(self, _: NoArgs) -> dict[str, object]:
+        upstream = self._parts.upstream
+        if upstream is None:
+            return {"enabled": False, "sessions": [], "announcements": [], "refused": {}}
+        return upstream.snapshot()
 
     def top(self, a: TopArgs) -> dict[str, object]:
         out: dict[str, object] = self._parts.controller.top(a.n)

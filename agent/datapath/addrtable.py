@@ -76,17 +76,18 @@ class SrcState:
 
 
 class _Entry:
-    """A source prefix: its slot in src_entries and each origin's records."""
+    """A source prefix: its slot in src_entries, each origin's records, and its watch set (policy only)."""
 
-    __slots__ = ("allow", "ban", "idx")
+    __slots__ = ("allow", "ban", "idx", "watch")
 
     def __init__(self, idx: int) -> None:
         self.idx = idx
         self.ban: list[Record | None] = [None] * abi.ORIGIN_MAX
         self.allow: list[Record | None] = [None] * abi.ORIGIN_MAX
+        self.watch = 0
 
     def empty(self) -> bool:
-        return not any(self.ban) and not any(self.allow)
+        return not any(self.ban) and not any(self.allow) and not self.watch
 
     def records(self) -> tuple[Record, ...]:
         return tuple(r for r in (*self.ban, *self.allow) if r is not None)
@@ -289,7 +290,7 @@ class AddressTable:
         heapify(expiries)
         self._expiries = expiries
         self._expiry_limit = 2 * len(expiries) + _EXPIRY_SLACK
-        perm = (rows["flags"][used] == abi.SRC_BAN) & (rows["ban_expires"][used] == 0)
+        perm = (rows["flags"][used] == abi.SRC_BAN) & (rows["ban_expires"][used] == 0) & (rows["watch"][used] == 0)
         self._perm = set(used[perm].tolist())
         taken = set(used.tolist())
         self._next_idx = max(taken, default=0) + 1
@@ -357,6 +358,45 @@ class AddressTable:
                         self._push_expiry((rec[0], key, kind, origin))
         self._index_many(new, SRC)
         return changed
+
+    def set_watch(self, watch: dict[PrefixKey, int]) -> int:
+        """Make the watched source prefixes exactly these (prefix -> watch set id 1..255).
+
+        A watched prefix gets an entry of its own (so that every address it
+        covers finds the set id in the one lookup it already makes); entries
+        inside it inherit the id, a longer watched prefix overriding. Returns
+        how many prefixes changed.
+        """
+        changed = 0
+        for key, ent in list(self.src.items()):
+            if ent.watch and key not in watch:
+                ent.watch = 0
+                self._dirty.add(key)
+                changed += 1
+        new: list[PrefixKey] = []
+        for key, wid in watch.items():
+            found = self.src.get(key)
+            if found is None:
+                found = self.src[key] = _Entry(0)
+                new.append(key)
+            if found.watch != wid:
+                found.watch = wid
+                self._dirty.add(key)
+                changed += 1
+        self._index_many(new, SRC)
+        return changed
+
+    def watched(self) -> dict[PrefixKey, int]:
+        return {k: e.watch for k, e in self.src.items() if e.watch}
+
+    def _watch_of(self, key: PrefixKey) -> int:
+        """The watch set of the longest watched prefix covering key (itself included)."""
+        fam, addr, plen = key
+        for k in self._src.covering(fam, addr, plen):
+            w = self.src[k].watch
+            if w:
+                return w
+        return 0
 
     def set_destinations(self, dst: dict[PrefixKey, int]) -> None:
         """Make the protected prefixes exactly these (prefix -> group id)."""
@@ -546,6 +586,7 @@ class AddressTable:
         covered = self._has_ancestor4(v4, plens) & is4
         covered |= ~is4  # IPv6: walk the few v6 lengths in use
         eff_rows: list[tuple[int, int, int, int, int]] = []
+        watch_ids: list[int] = []
         ban_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
         allow_rows: list[list[tuple[int, Record]]] = [[] for _ in range(abi.ORIGIN_MAX)]
         merged = _merge_cached
@@ -555,6 +596,7 @@ class AddressTable:
             eff_rows.append(
                 (st.ban_expires, st.ban_monitor_expires, st.allow_expires, st.allow_monitor_expires, st.flags)
             )
+            watch_ids.append(self._watch_of(keys[i]) if walk[i] else ent.watch)
             for o in range(abi.ORIGIN_MAX):
                 if ent.ban[o] is not None:
                     ban_rows[o].append((i, ent.ban[o]))  # type: ignore[arg-type]
@@ -566,6 +608,7 @@ class AddressTable:
         rows["allow_expires"] = eff[:, 2]
         rows["allow_monitor_expires"] = eff[:, 3]
         rows["flags"] = eff[:, 4]
+        rows["watch"] = np.asarray(watch_ids, dtype=np.uint16)
         rows["family"] = fams
         rows["prefix_len"] = plens
         rows["addr"] = addrs
@@ -575,7 +618,8 @@ class AddressTable:
                 if items:
                     where = np.fromiter((i for i, _ in items), dtype=np.int64, count=len(items))
                     rows[field][where, o] = np.array([r for _, r in items], dtype=rec_dtype)
-        perm = (eff[:, 4] == abi.SRC_BAN) & (eff[:, 0] == 0)
+        # A watched source's packets are counted from its entry: no shortcut past it.
+        perm = (eff[:, 4] == abi.SRC_BAN) & (eff[:, 0] == 0) & (rows["watch"] == 0)
         for idx, is_perm in zip(idxs.tolist(), perm.tolist(), strict=True):
             if is_perm:
                 self._perm.add(idx)

@@ -40,6 +40,7 @@ def apply_policy(port: MapPort, desired: DesiredState, previous: DesiredState | 
     table = port.addresses
     table.set_destinations(dict(desired.destinations))
     table.replace_origin(abi.Origin.POLICY, dict(desired.bans), dict(desired.allows))
+    table.set_watch(dict(desired.watch))
     changed = table.commit(monotonic_ns())
 
     if previous is not None:

@@ -181,7 +181,8 @@ class MapPort:
         r.dport_lo, r.dport_hi = spec.dport
         r.id = spec.rule_id
         r.group = spec.group
-        if spec.action == abi.RuleAction.RATE_LIMIT:
+        r.class_match = 0 if spec.traffic_class is None else int(spec.traffic_class) + 1
+        if spec.action in (abi.RuleAction.RATE_LIMIT, abi.RuleAction.SOURCE_LIMIT):
             r.rate = make_rate(spec.pps, spec.bps, spec.burst)
         return r
 
@@ -223,6 +224,14 @@ class MapPort:
         k = abi.DstKey(family=family)
         k.addr[:] = words(family, addr)
         return self.maps["dst_stats"].get(k)
+
+    def read_watch_stats(self) -> NDArray[np.uint64]:
+        """Verdicts of watched sources summed over CPUs: array [watch set, reason, monitor, (packets, bytes)]."""
+        t = self.maps["watch_stats"]
+        _keys, values, n = t.read_raw()
+        arr = np.frombuffer(values, dtype=np.uint64).reshape(n, t.ncpus, 2).sum(axis=1, dtype=np.uint64)
+        out: NDArray[np.uint64] = arr.reshape(abi.MAX_WATCH, abi.REASON_MAX, 2, 2)
+        return out
 
     def read_rule_stats(self) -> list[tuple[int, int]]:
         t = self.maps["rule_stats"]

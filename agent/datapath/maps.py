@@ -48,6 +48,7 @@ MAP_TYPES: dict[str, tuple[Any, Any, bool]] = {
     "group_stats": (ct.c_uint32, abi.GroupCounter, True),
     "dst_stats": (abi.DstKey, abi.DstCounter, True),
     "rule_stats": (ct.c_uint32, abi.Counter, True),
+    "watch_stats": (ct.c_uint32, abi.Counter, True),
     "verified4": (ct.c_uint32, abi.Verified, False),
     "verified6": (abi.VerifiedKey6, abi.Verified, False),
 }

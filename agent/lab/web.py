@@ -13,9 +13,9 @@ client. Here the legitimate side is a load an ISP's users really make:
   requests per second, errors by kind and latency (a Lua ``done`` hook
   prints them as one JSON line).
 - :class:`ClientPool` makes one client namespace look like many users: a
-  source NAT rule (nftables, ``snat ... numgen``) spreads its connections
-  over ``size`` addresses of a pool (round robin, one address per new
-  connection) that the upstream router routes back to it. ``size=1`` is
+  source NAT rule (nftables, ``snat ... jhash``) spreads its connections
+  over ``size`` addresses of a pool (by a hash of the source port) that the
+  upstream router routes back to it. ``size=1`` is
   one address carrying everyone (a CGNAT address, a corporate proxy);
   ``size=200`` is a flash crowd of 200 real sources, each completing its
   handshakes.
@@ -293,12 +293,20 @@ class ClientPool:
         topo = self.lab.topology
         nft = _tool("nft", "nftables")
         # A plain address range picks one address per (source, destination) pair (a hash): every
-        # connection would leave from the same pool address. numgen spreads them round robin.
+        # connection would leave from the same pool address. A hash of the source port spreads them,
+        # and keeps a connection's retransmitted SYN on its address, as a real NAT keeps a user's
+        # mapping (SYN authentication verifies the address that answered the challenge).
         pool = ", ".join(f"{i} : {a}" for i, a in enumerate(self.addresses))
-        rule = f"snat to numgen inc mod {self.size} map {{ {pool} }}"
+        rule = f"snat to jhash tcp sport mod {self.size} map {{ {pool} }}"
         script = (f"table ip {self.TABLE} {{\n chain post {{ type nat hook postrouting priority srcnat; "
                   f"ip saddr {self._client_address()} ip daddr {self.lab.server_net_v4} {rule}; }}\n}}\n")
-        topo.run(self.lab.clients[self.client].ns, [nft, "-f", "-"], input=script, text=True)
+        ns = self.lab.clients[self.client].ns
+        topo.run(ns, [nft, "-f", "-"], input=script, text=True)
+        # Linux conntrack marks a SYN-ACK whose acknowledgment number is wrong as invalid and does not
+        # translate it back: the NAT then drops the SYN challenge of a protected group's SYN
+        # authentication, and no client behind it can ever be verified. Carrier-grade NATs track TCP
+        # loosely; so does this one (docs/mitigation.md says what a strict one costs).
+        topo.set_sysctl(ns, "net.netfilter.nf_conntrack_tcp_be_liberal", 1)
         up = topo.netns(self.lab.upstream)
         with IPRoute(netns=up, flags=0) as ipr:
             ipr.route("replace", dst=str(self.network), gateway=str(self._client_address()))

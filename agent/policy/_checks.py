@@ -24,6 +24,7 @@ from agent.policy._fields import PrefixEntry
 from agent.policy._issues import KeyPath, PolicyIssue, Severity, format_path
 from agent.policy._prefix_files import Section
 from agent.policy._units import format_duration
+from agent.policy._upstream import check_upstream
 from agent.policy.model import Policy
 
 #: Individual overlap warnings per rule before the rest are summarised.
@@ -122,8 +123,24 @@ class _Reporter:
                 )
 
 
+def check_watch_sets(sections: list[Section], issues: list[PolicyIssue]) -> None:
+    """A source prefix belongs to one watch set: the same prefix in two is an error (nested is fine)."""
+    listed = [s for s in sections if s.kind == "watch" and s.entries]
+    if len(listed) < 2:
+        return
+    report = _Reporter(listed, issues)
+    for item, (outer,) in sweep([(0, s) for s in listed], 1):
+        if outer is not None and outer[:3] == item[:3] and outer[5] != item[5]:
+            report.add("prefix in two watch sets", item,
+                       f"{report.entry(item).network} is already in {report.section(outer).name} at "
+                       f"{report.where(outer)}; a source is counted in one watch set", "error")
+    report.finish()
+
+
 def check_overlaps(sections: list[Section], issues: list[PolicyIssue]) -> None:
     """Report overlapping prefixes by the rules in the module docstring, in one sort and one sweep."""
+    check_watch_sets(sections, issues)
+    sections = [s for s in sections if s.kind in _LABELS]
     present = {section.kind for section in sections if section.entries}
     wanted = ({"allow", "deny"} <= present) or ("protect" in present)
     if not wanted:
@@ -250,3 +267,4 @@ def check_policy(policy: Policy, marks: Marks, issues: list[PolicyIssue]) -> Non
     hook = policy.mitigation.hook
     if hook is not None and not (hook.is_file() and os.access(hook, os.X_OK)):
         at(("mitigation", "hook"), f"{hook} is not an executable file on this machine", "warning")
+    check_upstream(policy.upstream, [g.name for g in policy.protect], at)

@@ -191,8 +191,8 @@ def _name_of(node: Node) -> tuple[str, Loc] | None:
 
 
 def check_unique_names(root: Map, issues: list[PolicyIssue]) -> None:
-    """A group or interface named twice — in one file or across includes — is an error naming both."""
-    for key, what in (("protect", "group"), ("interfaces", "interface")):
+    """A group, watch set or interface named twice — in one file or across includes — is an error naming both."""
+    for key, what in (("protect", "group"), ("watch", "watch set"), ("interfaces", "interface")):
         entry = root.entries.get(key)
         if entry is None or not isinstance(entry.value, Seq):
             continue

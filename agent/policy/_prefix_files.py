@@ -224,14 +224,16 @@ def resolve_prefixes(root: Map, files: list[Path], issues: list[PolicyIssue]) ->
             section = Section(kind, (kind,), kind)
             _resolve_section(entry.value, section, files, issues)
             sections.append(section)
-    protect = root.entries.get("protect")
-    if protect is not None and isinstance(protect.value, Seq):
-        for i, item in enumerate(protect.value.items):
+    for kind, what in (("protect", "group"), ("watch", "watch set")):
+        listed = root.entries.get(kind)
+        if listed is None or not isinstance(listed.value, Seq):
+            continue
+        for i, item in enumerate(listed.value.items):
             if not isinstance(item, Map):
                 continue
             name_entry = item.entries.get("name")
             name = name_entry.value.value if name_entry and isinstance(name_entry.value, Scalar) else None
-            section = Section("protect", ("protect", i), f"group '{name}'" if name else f"protect[{i}]")
+            section = Section(kind, (kind, i), f"{what} '{name}'" if name else f"{kind}[{i}]")
             _resolve_section(item, section, files, issues)
             sections.append(section)
     return sections

@@ -38,6 +38,7 @@ class CompiledPolicy:
     groups: tuple[CompiledGroup, ...]  # group 0 first
     infrastructure: tuple[PrefixKey, ...]
     group_ids: Mapping[str, int] = field(default_factory=dict)
+    watch_names: Mapping[int, str] = field(default_factory=dict)
 
     @property
     def config(self) -> ConfigSpec:
@@ -122,6 +123,9 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
     allow_rec: Record = (0, 0, allow_flag, 0)
     bans = {(e[0], e[1], e[2]): ban_rec for e in policy.deny.prefixes}
     allows = {(e[0], e[1], e[2]): allow_rec for e in policy.allow.prefixes}
+    # Watch sets are numbered in policy order (id 0 is "not watched").
+    watch_names = {i: w.name for i, w in enumerate(policy.watch, start=1)}
+    watch = {(e[0], e[1], e[2]): i for i, w in enumerate(policy.watch, start=1) for e in w.prefixes}
 
     config = ConfigSpec(
         monitor=policy.mode == "monitor",
@@ -131,7 +135,7 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
         v6_bucket_len=policy.limits.ipv6_prefix,
         syn_verified_ttl_ns=int(policy.syn_auth.verified_ttl * NS),
     )
-    _check_capacity(policy, destinations, bans, allows)
+    _check_capacity(policy, destinations, bans, allows, watch)
     ordered = tuple(sorted(groups, key=lambda c: c.gid))
     desired = DesiredState(
         config=config,
@@ -140,12 +144,14 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
         destinations=destinations,
         bans=bans,
         allows=allows,
+        watch=watch,
     )
     return CompiledPolicy(
         desired=desired,
         groups=ordered,
         infrastructure=tuple((e[0], e[1], e[2]) for e in policy.infrastructure.prefixes),
         group_ids=ids,
+        watch_names=watch_names,
     )
 
 
@@ -154,6 +160,7 @@ def _check_capacity(
     destinations: Mapping[PrefixKey, int],
     bans: Mapping[PrefixKey, Record],
     allows: Mapping[PrefixKey, Record],
+    watch: Mapping[PrefixKey, int],
 ) -> None:
     """Refuse a policy that cannot fit before anything is written.
 
@@ -162,13 +169,14 @@ def _check_capacity(
     too, so the policy may use at most three quarters of each table.
     """
     cap = policy.capacity
-    keys = set(destinations) | set(bans) | set(allows)
+    sources = set(bans) | set(allows) | set(watch)
+    keys = set(destinations) | sources
     hosts = sum(1 << (32 - p) for f, _a, p in keys if f == 4 and p > 24)
     nodes6 = sum(1 for f, _a, _p in keys if f == 6)
     for what, need, have in (
         ("capacity.hosts4", hosts, cap.hosts4),
         ("capacity.prefixes6", nodes6, cap.prefixes6),
-        ("capacity.prefixes", len(set(bans) | set(allows)), cap.prefixes),
+        ("capacity.prefixes", len(sources), cap.prefixes),
     ):
         if need > have * 3 // 4:
             raise ValueError(

@@ -20,11 +20,12 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from agent.contract.abi import LIMIT_CLASS_NAMES
+from agent.contract.abi import LIMIT_CLASS_NAMES, MAX_WATCH
 from agent.contract.capacity import DEFAULT as CAPACITY
 from agent.contract.capacity import Capacity
 from agent.policy._fields import PrefixEntry, PrefixList, Unit
 from agent.policy._units import parse_pps
+from agent.policy._upstream import Upstream
 
 #: Traffic classes that have their own per-source limit and detection threshold.
 CLASSES = LIMIT_CLASS_NAMES  # index i is abi.TrafficClass i
@@ -36,6 +37,10 @@ MAX_CAPACITY = 1 << 26
 Pps = Annotated[int, Unit("pps", 1, MAX_PPS)]
 Bps = Annotated[int, Unit("bps", 1, MAX_BPS)]
 Burst = Annotated[int, Unit("count", 1, MAX_PPS)]
+# Per-source limits: 0 means no limit in that dimension (the built-in default for every class).
+LimitPps = Annotated[int, Unit("pps", 0, MAX_PPS)]
+LimitBps = Annotated[int, Unit("bps", 0, MAX_BPS)]
+LimitBurst = Annotated[int, Unit("count", 0, MAX_PPS)]
 MapSize = Annotated[int, Unit("count", 16, MAX_CAPACITY)]
 Prefixes = Annotated[tuple[PrefixEntry, ...], PrefixList()]
 
@@ -51,6 +56,7 @@ class Step(enum.StrEnum):
 LADDER_ORDER: tuple[Step, ...] = tuple(Step)
 SynAuthMode = Literal["off", "on_attack", "always"]
 
+MAX_WATCH_SETS = MAX_WATCH - 1  # id 0 means "not watched"
 _GROUP_NAME = re.compile(r"^[a-z0-9_-]{1,63}$")
 _IFNAME = re.compile(r"^[^/:\s]{1,15}$")
 
@@ -137,6 +143,30 @@ class Infrastructure(_Model):
     )
 
 
+class WatchSet(_Model):
+    """A named set of sources whose verdicts are counted on their own: CGNAT pools, key customers, monitoring.
+
+    Counting changes nothing about how they are treated; it shows, per
+    reason, what floodguard did to their packets (metric
+    floodguard_watch_packets_total), so that any collateral is seen.
+    """
+
+    name: str = Field(description="unique name: lower-case letters, digits, '_' and '-'")
+    prefixes: Prefixes = Field(default=(), description="source prefixes, each a string or {prefix, reason}")
+    files: tuple[Path, ...] = Field(
+        default=(), description="files with one prefix per line (relative to this file)"
+    )
+
+    @field_validator("name")
+    @classmethod
+    def _valid_name(cls, value: str) -> str:
+        if not _GROUP_NAME.match(value):
+            raise ValueError(
+                f"'{value}' is not a valid watch set name: use a-z, 0-9, '_' and '-' (up to 63 characters)"
+            )
+        return value
+
+
 # --- rates --------------------------------------------------------------------------------------
 
 
@@ -147,9 +177,9 @@ class RateLimit(_Model):
         extra="forbid", frozen=True, json_schema_extra=lambda schema: schema.pop("required", None)
     )
 
-    pps: Pps = Field(description="packets per second per source")
-    bps: Bps = Field(description="bits per second per source")
-    burst: Burst = Field(description="bucket depth in packets; default twice pps")
+    pps: LimitPps = Field(description="packets per second per source; 0 = no limit")
+    bps: LimitBps = Field(description="bits per second per source; 0 = no limit")
+    burst: LimitBurst = Field(description="bucket depth in packets; default twice pps")
 
     @model_validator(mode="before")
     @classmethod
@@ -160,26 +190,26 @@ class RateLimit(_Model):
                 pps = parse_pps(data.get("pps"))
             except ValueError:
                 pps = 1  # the pps error itself is reported by field validation
-            data = {**data, "burst": max(1, min(2 * pps, MAX_PPS))}
+            data = {**data, "burst": min(2 * pps, MAX_PPS) if pps else 0}
         return data
 
 
 class RateLimitOverride(_Model):
     """A group's override of one class's limit; unset fields inherit the default."""
 
-    pps: Pps | None = Field(default=None, description="packets per second per source")
-    bps: Bps | None = Field(default=None, description="bits per second per source")
-    burst: Burst | None = Field(default=None, description="bucket depth in packets; default twice pps")
+    pps: LimitPps | None = Field(default=None, description="packets per second per source; 0 = no limit")
+    bps: LimitBps | None = Field(default=None, description="bits per second per source; 0 = no limit")
+    burst: LimitBurst | None = Field(default=None, description="bucket depth in packets; default twice pps")
 
 
-#: Built-in per-source limits, sized for an ISP edge (per source address or IPv6 /64).
+#: Built-in per-source limits: none. On an ISP's network one address is often many people (a CGNAT
+#: pool address, a corporate proxy, a university NAT, a resolver), so no constant fits every source;
+#: during an attack the controller limits the abusive sources of the attacked target only, from the
+#: heaviest legitimate source it has seen (mitigation.source_headroom). An operator who sets a limit
+#: gets exactly that limit.
 DEFAULT_LIMITS: dict[str, dict[str, int]] = {
-    "tcp_syn": {"pps": 200, "bps": 2_000_000, "burst": 400},
-    "tcp_other": {"pps": 100_000, "bps": 1_000_000_000, "burst": 200_000},
-    "udp": {"pps": 50_000, "bps": 500_000_000, "burst": 100_000},
-    "icmp": {"pps": 100, "bps": 1_000_000, "burst": 200},
-    "fragment": {"pps": 1_000, "bps": 10_000_000, "burst": 2_000},
-    "other": {"pps": 1_000, "bps": 10_000_000, "burst": 2_000},
+    name: {"pps": 0, "bps": 0, "burst": 0}
+    for name in ("tcp_syn", "tcp_other", "udp", "icmp", "fragment", "other")
 }
 
 
@@ -283,13 +313,17 @@ class Mitigation(_Model):
 
     ladder: tuple[Step, ...] = Field(
         default=LADDER_ORDER,
-        description="escalation steps in order: any subset of tighten, rule, ban; [] = detect only",
+        description="levers allowed, in order: any subset of tighten (per-source limits), rule (shape rules), "
+                    "ban; [] = detect only",
     )
     ttl: Annotated[float, Unit("duration", 1, 86400)] = Field(
-        default=60.0, description="expiry of rules and tightened limits, refreshed while the attack lasts"
+        default=60.0, description="expiry of rules and per-source limits, refreshed while the attack lasts"
     )
-    tighten_factor: Annotated[float, Unit("number", 0.001, 1.0)] = Field(
-        default=0.1, description="tightened limit = default limit * this factor"
+    source_headroom: Annotated[float, Unit("number", 1.0, 1000.0)] = Field(
+        default=10.0, description="per-source limit in an attack = heaviest legitimate source seen x this"
+    )
+    shape_headroom: Annotated[float, Unit("number", 1.0, 1000.0)] = Field(
+        default=3.0, description="aggregate limit on a shape the group has = its learned normal rate x this"
     )
     ban_ttl: Annotated[float, Unit("duration", 1, 30 * 86400)] = Field(
         default=600.0, description="first ban duration"
@@ -327,7 +361,8 @@ class MitigationOverrides(_Model):
 
     ladder: tuple[Step, ...] | None = None
     ttl: Annotated[float, Unit("duration", 1, 86400)] | None = None
-    tighten_factor: Annotated[float, Unit("number", 0.001, 1.0)] | None = None
+    source_headroom: Annotated[float, Unit("number", 1.0, 1000.0)] | None = None
+    shape_headroom: Annotated[float, Unit("number", 1.0, 1000.0)] | None = None
     ban_ttl: Annotated[float, Unit("duration", 1, 30 * 86400)] | None = None
     ban_ttl_max: Annotated[float, Unit("duration", 1, 365 * 86400)] | None = None
     ban_escalation: Annotated[float, Unit("number", 1.0, 100.0)] | None = None
@@ -368,7 +403,9 @@ class Group(_Model):
     mitigation: MitigationOverrides = Field(
         default_factory=MitigationOverrides, description="overrides of the global mitigation block"
     )
-    syn_auth: SynAuthMode = Field(default="off", description="SYN authentication: off, on_attack or always")
+    syn_auth: SynAuthMode = Field(
+        default="on_attack", description="SYN authentication: off, on_attack (during a forged SYN flood) or always"
+    )
     uplink: Uplink | None = Field(
         default=None, description="capacity of the link to this group, for escalation"
     )
@@ -566,6 +603,9 @@ class Policy(_Model):
     )
     limits: Limits = Field(default_factory=Limits, description="default per-source limits per class")
     protect: tuple[Group, ...] = Field(default=(), description="protected groups of destinations")
+    watch: Annotated[tuple[WatchSet, ...], Field(max_length=MAX_WATCH_SETS)] = Field(
+        default=(), description="source sets whose verdicts are counted on their own (at most 255)"
+    )
     detection: Detection = Field(default_factory=Detection)
     mitigation: Mitigation = Field(default_factory=Mitigation)
     syn_auth: SynAuth = Field(default_factory=SynAuth)
@@ -574,6 +614,9 @@ class Policy(_Model):
     control: Control = Field(default_factory=Control)
     log: Log = Field(default_factory=Log)
     state_dir: Path = Field(default=Path("/var/lib/floodguard"), description="where bans survive restarts")
+    upstream: Upstream | None = Field(
+        default=None, description="escalation over BGP (Flowspec, RTBH) when the uplink is full; absent = none"
+    )
 
     @field_validator("include", mode="before")
     @classmethod
@@ -605,7 +648,7 @@ class Policy(_Model):
             if override.burst is not None:
                 burst = override.burst
             elif override.pps is not None:
-                burst = max(1, min(2 * pps, MAX_PPS))
+                burst = min(2 * pps, MAX_PPS) if pps else 0
             else:
                 burst = base.burst
             bps = override.bps if override.bps is not None else base.bps
@@ -702,5 +745,6 @@ __all__ = [
     "Threshold",
     "Thresholds",
     "Uplink",
+    "Upstream",
     "restart_required",
 ]

@@ -72,10 +72,11 @@ class Harness:
         for origin in abi.Origin:
             t.replace_origin(origin, {}, {})
         t.set_destinations({})
+        t.set_watch({})
         t.commit(now_ns())
         self.port.set_rules([])
         self.port.write_config(ConfigSpec(), syn_keys=[[0, 0], [0, 0]])
-        for name in ("groups", "group_state", "rule_state", "rule_stats", "ifslots"):
+        for name in ("groups", "group_state", "rule_state", "rule_stats", "ifslots", "watch_stats"):
             self.maps[name].clear()
         for name in ("buckets4", "buckets6", "dst_stats", "verified4", "verified6"):
             self.maps[name].clear()
@@ -125,6 +126,10 @@ class Harness:
         for cls, (pps, bps, burst) in limits.items():
             tight[cls] = make_rate(pps, bps, burst)
         self.port.tighten(gid, tight, expires, abi.Origin.AUTO)
+
+    def watch(self, prefixes: dict[str, int]) -> None:
+        self.port.addresses.set_watch({prefix_key(ipaddress.ip_network(p)): w for p, w in prefixes.items()})
+        self.port.addresses.commit(now_ns())
 
     def rules(self, *rules: RuleSpec) -> None:
         self.port.set_rules(list(rules))

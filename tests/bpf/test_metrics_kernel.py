@@ -53,6 +53,9 @@ class KernelSource:
     def group_names(self) -> Mapping[int, str]:
         return {0: "default", 1: "web"}
 
+    def watch_names(self) -> Mapping[int, str]:
+        return {1: "cgnat"}
+
     def xdp_modes(self) -> Mapping[str, str]:
         return {"lo": "generic"}
 

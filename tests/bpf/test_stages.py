@@ -228,3 +228,50 @@ def test_sampling_sends_headers_to_the_ring(h: Harness, program) -> None:  # typ
     assert (s.family, s.proto, s.sport, s.dport, s.group) == (4, 6, 4242, 80, 1)
     assert (s.reason, s.cls, s.action, s.tcp_flags) == (abi.Reason.BANNED, C.TCP_SYN, abi.XDP_DROP, 0x02)
     assert s.src[0] == int.from_bytes(ipaddress.ip_address("198.51.100.9").packed, "little")
+
+
+def test_source_limit_rule_gives_each_source_its_own_bucket_at_the_rules_rate(h: Harness) -> None:
+    """SOURCE_LIMIT: one target's sources are limited one by one, in place of the group's (unlimited) limit."""
+    protect(h)  # no per-source limit for the group
+    rule = RuleSpec(dst=ipaddress.ip_network("203.0.113.10/32"), proto=17, action=abi.RuleAction.SOURCE_LIMIT,
+                    pps=1, burst=2, traffic_class=C.UDP)
+    h.rules(rule)
+    a, b = udp4("198.51.100.1"), udp4("198.51.100.2")
+    assert reasons(h, [a, a, a, b, b, b]) == ["passed", "passed", "rate_limited"] * 2
+    # another host of the same group is not the rule's target: unlimited
+    other = udp4("198.51.100.1", dst="203.0.113.11")
+    assert reasons(h, [other] * 5) == ["passed"] * 5
+
+
+def test_rule_class_match_narrows_to_one_class(h: Harness) -> None:
+    """A rule for the tcp_syn class drops SYNs and leaves the same host's other TCP alone."""
+    protect(h)
+    rule = RuleSpec(dst=ipaddress.ip_network("203.0.113.10/32"), proto=6, traffic_class=C.TCP_SYN)
+    h.rules(rule)
+    syn = bytes(eth() / IP(src="198.51.100.1", dst=DST) / TCP(flags="S"))
+    ack = bytes(eth() / IP(src="198.51.100.1", dst=DST) / TCP(flags="A"))
+    assert [str(h.run(p)) for p in (syn, ack)] == ["drop/rule_drop/tcp_syn", "pass/passed/tcp_other"]
+
+
+def test_monitor_source_limit_rule_counts_without_dropping(h: Harness) -> None:
+    protect(h)
+    rule = RuleSpec(dst=ipaddress.ip_network("203.0.113.0/24"), action=abi.RuleAction.SOURCE_LIMIT, pps=1,
+                    burst=1, monitor=True)
+    h.rules(rule)
+    a = udp4("198.51.100.1")
+    assert [str(h.run(a)) for _ in range(2)] == ["pass/passed/udp", "pass/rate_limited/udp (monitor)"]
+
+
+def test_watched_sources_count_their_verdicts_per_set(h: Harness) -> None:
+    """Every verdict of a watched source is counted under its set; the longest watched prefix wins;
+    a ban inside a watched prefix is still counted (the entry carries the set)."""
+    protect(h, udp=(1, 0, 1))
+    h.watch({"198.51.100.0/24": 1, "198.51.100.128/25": 2})
+    h.ban("198.51.100.200/32")
+    for src in ("198.51.100.1", "198.51.100.1", "198.51.100.130", "198.51.100.200", "192.0.2.50"):
+        h.run(udp4(src))
+    w = h.port.read_watch_stats()[..., 0]
+    r = abi.Reason
+    assert (w[1, r.PASSED, 0], w[1, r.RATE_LIMITED, 0]) == (1, 1)
+    assert (w[2, r.PASSED, 0], w[2, r.BANNED, 0]) == (1, 1)
+    assert int(w.sum()) == 4  # the unwatched source is in no set

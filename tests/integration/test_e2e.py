@@ -1,11 +1,12 @@
 """End to end on the lab: real floods (trafgen) at the protected servers while
 real clients use them, the real agent on the gateway.
 
-For each scenario: the attack is detected with the right vector, legitimate
-success stays >= 95% during it, no legitimate source is banned, `floodguard
-attacks` and the metrics show it, and afterwards everything relaxes. Then:
-killing the daemon mid-attack lets every rule and tightened limit expire on
-its own.
+For each scenario: the attack is detected with the right vector and lever,
+mitigated within two ticks, not one packet of the legitimate clients is
+discarded (their watch set's counters), no legitimate source is banned,
+`floodguard attacks` and the metrics show it, and afterwards everything
+relaxes. Then: killing the daemon mid-attack lets every rule expire on its
+own.
 """
 
 from __future__ import annotations
@@ -78,46 +79,87 @@ def wait_relaxed(agent: LabAgent, timeout: float = HOLD_DOWN_WAIT) -> dict[str, 
 SCENARIO_NAMES = ["reflection_dns", "reflection_ntp", "syn_flood", "icmp_flood", "fragment_flood",
                   "carpet_bombing", "heavy_hitter"]
 
+#: The lever the judge must choose for each scenario (agent/control/judge.py), and what it writes.
+LEVER = {
+    "reflection_dns": "shape", "reflection_ntp": "shape", "icmp_flood": "shape", "fragment_flood": "shape",
+    "carpet_bombing": "shape", "syn_flood": "syn_auth", "heavy_hitter": "sources",
+}
+#: Watch sets of etc/lab-policy.yaml, by id (policy order).
+CLIENTS, ATTACKERS = 1, 2
+
+
+def watch_counts(agent: LabAgent) -> dict[int, dict[str, int]]:
+    """Packets of each watch set by verdict reason (not under monitor), from the kernel's counters."""
+    maps, port = agent.port()
+    try:
+        w = port.read_watch_stats()[:, :, 0, 0]
+    finally:
+        port.close()
+        maps.close()
+    return {ws: {abi.Reason(r).label: int(w[ws, r]) for r in range(abi.REASON_MAX) if w[ws, r]}
+            for ws in (CLIENTS, ATTACKERS)}
+
+
+def dropped(counts: dict[str, int]) -> int:
+    """Packets discarded (not answered from XDP: a SYN challenge is the lever's documented cost)."""
+    return sum(n for reason, n in counts.items() if abi.Reason[reason.upper()] in abi.DROPPING)
+
 
 @pytest.mark.parametrize("name", SCENARIO_NAMES)
 def test_scenario_is_detected_mitigated_and_relaxed(e2e_lab: Lab, agent: LabAgent, name: str) -> None:
+    """Decided by what the agent records and the kernel counts, never by how many probes got through:
+    the attack's vector and lever, mitigation within two ticks, not one legitimate packet discarded
+    (the clients' watch set), the attack's packets discarded, and everything relaxed afterwards."""
     wait_relaxed(agent)
     before = {a["id"] for a in agent.call("attacks", recent=1000)["recent"]}
+    counts0 = watch_counts(agent)
     result = run_scenario(e2e_lab, name, duration=FLOOD_SECONDS, with_floodguard=contextlib.nullcontext)
+    counts1 = watch_counts(agent)
     print(result.summary())
     scenario = SCENARIOS[name]
 
-    # detected, with the right vector
+    # detected, with the right vector and lever
     attacks = agent.call("attacks", recent=1000)
     new = [a for a in attacks["active"] + attacks["recent"] if a["id"] not in before]
     labels = {a["vector"] + (f"/{a['service']}" if a["service"] else "") for a in new}
     assert scenario.label in labels, (scenario.label, labels)
     (attack,) = [a for a in new if a["vector"] + (f"/{a['service']}" if a["service"] else "") == scenario.label][:1]
+    verdict = attack["verdict"]
+    print(f"{attack['id']}: {verdict['kind']}/{verdict['lever']}: {verdict['why']}; mitigated "
+          f"{attack['ticks_to_mitigate']} ticks after its start; mitigations {attack['mitigations']}")
+    assert (attack["kind"], verdict["lever"]) == ("attack", LEVER[name]), verdict
 
-    print(f"{attack['id']}: time to mitigate {attack['time_to_mitigate_s']} s, "
-          f"mitigations {attack['mitigations']}")
-
-    # legitimate users kept their service
-    assert result.legit_success_pct >= 95.0, result.summary()
-
-    # no legitimate source banned; forged sources ban nobody
-    legit = legit_network(e2e_lab)
-    for b in agent.call("bans"):
-        net = ipaddress.ip_network(b["prefix"])
-        assert not any(net.overlaps(n) for n in legit if n.version == net.version), b
+    # the legitimate clients: not one packet discarded; the attack's packets were
+    clients = {r: counts1[CLIENTS].get(r, 0) - counts0[CLIENTS].get(r, 0) for r in counts1[CLIENTS]}
+    attackers = {r: counts1[ATTACKERS].get(r, 0) - counts0[ATTACKERS].get(r, 0) for r in counts1[ATTACKERS]}
+    print(f"clients: {clients}; attackers: {attackers}")
+    assert clients.get("passed", 0) > 0, "the clients' probes were counted"
+    assert dropped(clients) == 0, clients
     if name == "heavy_hitter":
+        # one real source: limited for this target and class, then banned — nobody else
         assert attack["bans"] >= 1 and not attack["spoofed"]
+        assert attackers.get("rate_limited", 0) + attackers.get("banned", 0) > 0, attackers
+        steps = [(m["step"], m["tick"]) for m in attack["mitigations"] if m["action"] == "applied"]
+        assert [s for s, _ in steps][:2] == ["tighten", "ban"], steps
+        assert steps[1][1] - steps[0][1] <= 5, "banned within 5 ticks of the limit"
     else:
         assert attack["spoofed"] and attack["bans"] == 0
     if name == "syn_flood":
         assert any(m["step"] == "syn_auth" for m in attack["mitigations"])
     else:
-        assert attack["time_to_mitigate_s"] is not None and attack["time_to_mitigate_s"] <= 1.0
+        assert attack["ticks_to_mitigate"] is not None and attack["ticks_to_mitigate"] <= 2
+
+    # no legitimate source banned
+    legit = legit_network(e2e_lab)
+    for b in agent.call("bans"):
+        net = ipaddress.ip_network(b["prefix"])
+        assert not any(net.overlaps(n) for n in legit if n.version == net.version), b
 
     # floodguard attacks and the metrics show it
     assert attack["id"] in agent.cli("attacks")
     metrics = agent.metrics_text()
     assert f'floodguard_attacks_total{{vector="{attack["vector"]}"}}' in metrics
+    assert 'floodguard_watch_packets_total{monitor="false",reason="passed",watch="clients"}' in metrics
 
     # and afterwards everything relaxes
     done = wait_relaxed(agent)

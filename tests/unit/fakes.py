@@ -19,7 +19,7 @@ from numpy.typing import NDArray
 
 from agent.contract.abi import LIMIT_CLASSES
 from agent.contract.keys import IPAddress, IPNetwork
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.control.port import GROUP_FIELDS, ControlPort, DstSnapshot, PacketSample
 
 K = TypeVar("K")
@@ -83,10 +83,10 @@ class FakePort:
     group_counters: NDArray[np.uint64] = field(init=False)
     hosts: dict[tuple[int, int], tuple[int, NDArray[np.uint64]]] = field(default_factory=dict)
     samples: list[PacketSample] = field(default_factory=list)
-    tightened: dict[int, tuple[tuple[ClassLimit, ...], int]] = field(default_factory=dict)
     syn_auth: dict[int, int] = field(default_factory=dict)
     rules: list[RuleSpec] = field(default_factory=list)
     bans: dict[IPNetwork, BanWrite] = field(default_factory=dict)
+    downstream_drops: dict[int, int] = field(default_factory=dict)  # gid -> cumulative drops towards it
     writes: list[tuple[int, str, object]] = field(default_factory=list)
 
     def __post_init__(self) -> None:
@@ -133,13 +133,8 @@ class FakePort:
         out, self.samples = self.samples, []
         return out
 
-    def tighten(self, gid: int, limits: Sequence[ClassLimit], expires_ns: int) -> None:
-        self.tightened[gid] = (tuple(limits), expires_ns)
-        self.writes.append((self.clock_ns, "tighten", (gid, tuple(limits), expires_ns)))
-
-    def relax(self, gid: int) -> None:
-        self.tightened.pop(gid, None)
-        self.writes.append((self.clock_ns, "relax", gid))
+    def read_downstream(self) -> dict[int, int]:
+        return dict(self.downstream_drops)
 
     def set_syn_auth(self, gid: int, expires_ns: int | None) -> None:
         if expires_ns is None:

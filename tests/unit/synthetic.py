@@ -5,7 +5,7 @@ may follow time (steps, ramps, daily cycles). `Replay` advances the fake
 clock, adds each flow's packets to the group and host counters, queues
 1 in ``sample_every`` packets as samples, and plays a crude data plane so
 that what the controller wrote has an effect: drop rules, rate-limit
-rules, bans and tightened per-source limits turn into dropped counters.
+rules, bans and per-source limit rules turn into dropped counters.
 Everything is deterministic for a given seed.
 """
 
@@ -22,7 +22,6 @@ from fakes import FakePort
 
 from agent.contract.abi import RuleAction, TrafficClass
 from agent.contract.keys import IPAddress
-from agent.contract.specs import ClassLimit
 from agent.control.controller import Controller, TickReport
 from agent.control.port import PacketSample
 from agent.policy.compile import compile_policy
@@ -135,14 +134,23 @@ class Replay:
     def _dropped(self, f: Flow, pps: float, packets: int, per_source_pps: float) -> int:
         """What a simple data plane would drop of this flow now."""
         now = self.port.clock_ns
+        source_limit = 0
         for r in self.port.rules:
             if r.monitor or r.expires_ns <= now or f.dst not in r.dst or r.proto not in (0, f.proto):
+                continue
+            if r.traffic_class is not None and r.traffic_class != f.cls:
                 continue
             sport = f.sport if f.sport is not None else 40000
             if not r.sport[0] <= sport <= r.sport[1]:
                 continue
+            dport = f.dport if f.dport is not None else 40000
+            if not r.dport[0] <= dport <= r.dport[1]:
+                continue
             if r.action == RuleAction.DROP:
                 return packets
+            if r.action == RuleAction.SOURCE_LIMIT:
+                source_limit = r.pps  # each source's limit, in place of the group's
+                break
             return round(packets * max(0.0, 1 - r.pps / pps)) if r.pps else 0
         if f.sources:
             banned = sum(
@@ -152,11 +160,9 @@ class Replay:
             )
             left = len(f.sources) - banned
             dropped = packets * banned / len(f.sources)
-            tight = self.port.tightened.get(f.gid)
-            if tight is not None and tight[1] > now and left and f.gid not in self.monitor:
-                lim: ClassLimit = tight[0][f.cls]
-                if lim.pps and per_source_pps > lim.pps:
-                    dropped += packets * left / len(f.sources) * (1 - lim.pps / per_source_pps)
+            limit = source_limit
+            if limit and left and per_source_pps > limit:
+                dropped += packets * left / len(f.sources) * (1 - limit / per_source_pps)
             return round(dropped)
         return 0
 

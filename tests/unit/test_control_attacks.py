@@ -52,7 +52,8 @@ def test_the_record_is_json_and_says_what_it_is() -> None:
     assert data["threshold_bps"] is None, "no bps threshold is null, not Infinity"
     assert data["time_to_mitigate_s"] == 2.0
     assert data["mitigations"] == [
-        {"at": "2027-01-15T08:00:01.000Z", "step": "rule", "action": "applied", "monitor": False, "sport": [123, 123]}
+        {"at": "2027-01-15T08:00:01.000Z", "tick": 0, "step": "rule", "action": "applied", "monitor": False,
+         "sport": [123, 123]}
     ]
     assert a.label == "udp_reflection/ntp" and a.target == "203.0.113.5"
 

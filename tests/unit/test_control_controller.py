@@ -3,7 +3,7 @@
 Whole attacks, from detection to release, on a FakePort: each test replays
 traffic (tests/unit/synthetic.py) into the fake port with an injected clock
 and checks what the controller wrote, logged and recorded. The Replay plays
-a crude data plane, so rules, bans and tightened limits really drop traffic
+a crude data plane, so rules (per-source limits among them) and bans really drop traffic
 and the ladder sees their effect.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 import ipaddress
 import itertools
 import json
+import math
 from typing import Any
 
 import pytest
@@ -20,7 +21,7 @@ from structlog.testing import capture_logs
 from synthetic import Flow, Scenario, lab, lab_data, with_group
 
 from agent.contract.abi import Origin, RuleAction, TrafficClass
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.control import bans
 from agent.control.mitigate import limits_syns
 from agent.policy.model import Policy
@@ -78,30 +79,47 @@ def test_ntp_reflection_is_dropped_by_source_port_and_released_after_it_stops() 
     assert sc.controller.attacks() == []
     (ended,) = sc.controller.attacks(active=False, recent=1)
     assert ended.end.reason == "hold_down" and ended.traffic.dropped_packets > 0
-    assert sc.port.rules == [] and gid not in sc.port.tightened
+    assert sc.port.rules == []
     assert events(logs, "attack_started", vector="udp_reflection", service="ntp")
     assert events(logs, "mitigation_applied", step="rule", sport=[123, 123], rule_action="drop")
     assert events(logs, "mitigation_removed", step="rule", sport=[123, 123])
-    assert events(logs, "mitigation_removed", step="tighten", relaxed=True)
+    assert not events(logs, "mitigation_applied", step="tighten"), "nobody's per-source limit was touched"
     assert events(logs, "attack_ended", attack_id=ended.id)
     record = ended.to_dict()
     assert record["top_source_ports"][0]["port"] == 123
-    assert {m["step"] for m in record["mitigations"]} >= {"tighten", "rule"}
+    assert {m["step"] for m in record["mitigations"]} == {"rule"}
     assert record["time_to_mitigate_s"] is not None
+    verdict = record["verdict"]
+    assert (verdict["kind"], verdict["lever"]) == ("attack", "shape") and "port 123" in verdict["why"]
+    assert verdict["legit_pps_at_risk"] == 0.0, "the servers' calm traffic has no answers from port 123"
 
 
-def test_reflection_over_ipv6_gets_a_host_rule_and_ipv6_bans_cover_the_source_prefix() -> None:
+def test_reflection_over_ipv6_gets_a_host_rule() -> None:
     sc = scenario()
     gid = sc.gid("servers")
     reflectors6 = tuple(ipaddress.ip_address(f"2001:db8:f:{i:x}::1") for i in range(400))
-    heavy6 = ipaddress.ip_address("2001:db8:e::7")
     t = sc.replay.t
     sc.replay.add(Flow(WEB6, gid, TrafficClass.UDP, 100_000, sources=reflectors6, sport=1900, dport=None, start_s=t))
-    sc.replay.add(Flow(WEB6, gid, TrafficClass.UDP, 100_000, sources=(heavy6,), sport=1900, dport=None, start_s=t))
     sc.run(3)
     (attack,) = sc.controller.attacks()
     assert (attack.vector, attack.service, attack.aim.host) == ("udp_reflection", "ssdp", str(WEB6))
     assert [(r.dst, r.sport) for r in sc.port.rules] == [(ipaddress.ip_network(WEB6), (1900, 1900))]
+    assert sc.port.live_bans() == {}
+
+
+def test_an_ipv6_heavy_hitter_is_limited_then_banned_by_its_source_prefix() -> None:
+    """One real IPv6 source flooding the service port the servers use: its /64 is limited, then banned."""
+    sc = scenario()
+    heavy6 = ipaddress.ip_address("2001:db8:e::7")
+    sc.replay.add(Flow(WEB6, sc.gid("servers"), TrafficClass.UDP, 100_000, sources=(heavy6,), dport=53,
+                       start_s=sc.replay.t))
+    sc.run(3)
+    (attack,) = sc.controller.attacks()
+    assert attack.verdict is not None and attack.verdict.lever == "sources"
+    (limit,) = sc.port.rules
+    assert (limit.action, limit.dst, limit.traffic_class) == (
+        RuleAction.SOURCE_LIMIT, ipaddress.ip_network(WEB6), TrafficClass.UDP
+    )
     assert list(sc.port.live_bans()) == [ipaddress.ip_network("2001:db8:e::/64")]
 
 
@@ -119,18 +137,20 @@ def test_syn_flood_gets_syn_auth_never_an_aggregate_rule() -> None:
         assert attack.vector == "syn_flood"
         # Only verified sources reach the per-source SYN limits: tightening
         # them would slow real users down and not one forged SYN.
-        assert gid not in sc.port.tightened
+        assert not any(r.action == RuleAction.SOURCE_LIMIT for r in sc.port.rules)
         now = sc.port.now_ns()
         assert now < sc.port.syn_auth[gid] <= now + 10 * 10**9  # mitigation.ttl of the lab policy
         assert attack.evidence.spoofed and attack.history.bans == 0
         sc.run(12)
     assert sc.controller.attacks() == []
     assert rules_written(sc.port) == [], "no rule of any kind for a SYN flood"
-    assert gid not in sc.port.syn_auth and gid not in sc.port.tightened
+    assert gid not in sc.port.syn_auth
     assert sc.port.written("syn_auth")[-1][1] == (gid, None)
     assert events(logs, "mitigation_applied", step="syn_auth")
     assert events(logs, "mitigation_removed", step="syn_auth", stopped=True)
-    assert events(logs, "mitigation_skipped", step="rule")
+    assert events(logs, "attack_judged", lever="syn_auth")
+    assert not events(logs, "mitigation_applied", step="rule") and not events(logs, "mitigation_applied",
+                                                                             step="tighten")
 
 
 def test_syn_auth_is_only_for_groups_that_ask_for_it_on_attack() -> None:
@@ -138,13 +158,14 @@ def test_syn_auth_is_only_for_groups_that_ask_for_it_on_attack() -> None:
     gid = sc.gid("servers")
     sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_SYN, 300_000, size=60, dport=443, start_s=sc.replay.t))
     sc.run(3)
-    assert sc.controller.attacks()[0].vector == "syn_flood"
+    (attack,) = sc.controller.attacks()
+    assert attack.vector == "syn_flood"
     assert sc.port.written("syn_auth") == []
-    # Without SYN authentication, per-source limits are the defence: tightened.
-    limits, _expires = sc.port.tightened[gid]
-    assert limits[TrafficClass.TCP_SYN] == ClassLimit(pps=10, bps=100_000, burst=20)
-    assert limits[TrafficClass.UDP] == ClassLimit(5000, 50_000_000, 10_000), "other classes keep the policy's"
-    assert gid in sc.port.tightened
+    # Without SYN authentication nothing local spares real users: no aggregate SYN limit, and per-source
+    # limits are useless against forged sources. The record says so; nothing is written.
+    assert attack.verdict is not None and (attack.verdict.kind, attack.verdict.lever) == ("attack", "none")
+    assert "SYN authentication is off" in attack.verdict.why
+    assert sc.port.rules == []
 
 
 def test_no_rule_ever_written_limits_syns() -> None:
@@ -178,16 +199,16 @@ def test_spoofed_flood_bans_nobody_and_the_record_says_why() -> None:
     (attack,) = sc.controller.attacks()
     assert attack.evidence.spoofed and attack.history.bans == 0 and sc.port.bans == {}
     assert attack.evidence.spoof_reason is not None and "spoof" in attack.evidence.spoof_reason
-    assert "ban" in attack.ladder.steps
-    skipped = [m for m in attack.history.mitigations if m.step == "ban" and m.action == "skipped"]
-    assert skipped and "spoof" in skipped[0].detail["reason"]
-    assert events(logs, "mitigation_skipped", step="ban")
-    assert sc.port.rules, "rules and aggregate limits carry the defence"
-    assert json.loads(attack.to_json())["spoofed"] is True
+    assert "ban" not in attack.ladder.steps, "forged sources are never a ban's lever"
+    assert sc.port.rules, "rules carry the defence"
+    record = json.loads(attack.to_json())
+    assert record["spoofed"] is True and "spoofed" in record["verdict"]["evidence"]["spoofing"]
+    assert events(logs, "attack_judged", lever="shape")
 
 
 def heavy_hitter(sc: Scenario, src: ipaddress.IPv4Address | ipaddress.IPv6Address, seconds: float) -> None:
-    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 100_000, sources=(src,), dport=9999,
+    """One real source flooding the servers' own UDP service port (53): a shape they have, so per source."""
+    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 100_000, sources=(src,), dport=53,
                        start_s=sc.replay.t, stop_s=sc.replay.t + seconds))
 
 
@@ -228,7 +249,7 @@ def test_never_bans_allowlisted_infrastructure_or_protected_sources() -> None:
     }
     t = sc.replay.t
     for src in [*forbidden, ATTACKER]:
-        sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 50_000, sources=(src,), dport=9999, start_s=t))
+        sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 50_000, sources=(src,), dport=53, start_s=t))
     with capture_logs() as logs:
         sc.run(10)
     assert list(sc.port.bans) == [ipaddress.ip_network(ATTACKER)]
@@ -241,7 +262,7 @@ def test_never_bans_allowlisted_infrastructure_or_protected_sources() -> None:
 def test_max_bans_is_respected() -> None:
     sc = scenario(with_group(mitigation={"max_bans": 10}))
     sources = tuple(ipaddress.ip_address(f"198.19.8.{i}") for i in range(1, 51))
-    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 50 * 20_000, sources=sources, dport=9999,
+    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 50 * 20_000, sources=sources, dport=53,
                        start_s=sc.replay.t))
     sc.run(10)
     (attack,) = sc.controller.attacks()
@@ -253,7 +274,7 @@ def test_max_bans_is_respected() -> None:
 def test_global_max_bans_caps_all_groups_together() -> None:
     sc = scenario(lab(mitigation={"max_bans": 3}))
     sources = tuple(ipaddress.ip_address(f"198.19.8.{i}") for i in range(1, 11))
-    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 10 * 20_000, sources=sources, dport=9999,
+    sc.replay.add(Flow(WEB, sc.gid("servers"), TrafficClass.UDP, 10 * 20_000, sources=sources, dport=53,
                        start_s=sc.replay.t))
     sc.run(10)
     assert len(sc.port.bans) == 3
@@ -296,7 +317,9 @@ def test_carpet_bombing_across_many_hosts_gets_a_prefix_rule() -> None:
     assert rule.action == RuleAction.DROP and rule.dport == (1024, 65535)
 
 
-def test_a_carpet_from_real_sources_gets_an_aggregate_limit_not_a_drop() -> None:
+def test_a_carpet_from_real_sources_to_ports_nobody_uses_is_dropped_by_what_the_profile_lacks() -> None:
+    """Real sources do not make a shape legitimate: UDP to random high ports is absent from the servers' calm
+    traffic (UDP to port 53 only), so the rule drops it; the servers' own UDP service is spared."""
     sc = scenario()
     gid = sc.gid("servers")
     hosts = [ipaddress.ip_address(f"203.0.113.{i}") for i in range(100, 120)]
@@ -307,7 +330,8 @@ def test_a_carpet_from_real_sources_gets_an_aggregate_limit_not_a_drop() -> None
     (attack,) = sc.controller.attacks()
     assert attack.vector == "carpet_bombing" and not attack.evidence.spoofed
     (rule,) = sc.port.rules
-    assert rule.action == RuleAction.RATE_LIMIT and rule.pps >= 20_000
+    assert rule.action == RuleAction.DROP and rule.dport == (1024, 65535)
+    assert attack.verdict is not None and attack.verdict.legit_pps == 0.0
 
 
 # --- escalation ----------------------------------------------------------------------------------
@@ -349,17 +373,24 @@ def test_escalation_needed_when_total_inbound_fills_the_uplink() -> None:
 # --- monitor mode ---------------------------------------------------------------------------------
 
 
+def every_lever(sc: Scenario, t: float, stop: float = math.inf) -> None:
+    """A reflection (a shape rule), one real source flooding the HTTPS port with ACKs (a per-source limit,
+    then a ban) and a forged SYN flood (SYN authentication), all at once."""
+    gid = sc.gid("servers")
+    sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 200_000, sources=REFLECTORS, sport=123, dport=None, start_s=t,
+                       stop_s=stop))
+    sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_OTHER, 100_000, sources=(ATTACKER,), dport=443, start_s=t,
+                       stop_s=stop))
+    sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_SYN, 300_000, size=60, dport=443, start_s=t, stop_s=stop))
+
+
 def test_monitor_mode_detects_and_records_everything_but_only_writes_monitor_only() -> None:
     sc = scenario(lab(mode="monitor"))
-    gid = sc.gid("servers")
-    t = sc.replay.t
-    sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 200_000, sources=REFLECTORS, sport=123, dport=None, start_s=t))
-    sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 100_000, sources=(ATTACKER,), sport=123, dport=None, start_s=t))
-    sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_SYN, 300_000, size=60, dport=443, start_s=t))
+    every_lever(sc, sc.replay.t)
     with capture_logs() as logs:
         sc.run(5)
     attacks = {a.vector: a for a in sc.controller.attacks()}
-    assert set(attacks) == {"udp_reflection", "syn_flood"}
+    assert set(attacks) == {"udp_reflection", "tcp_other_flood", "syn_flood"}
     assert all(a.monitor for a in attacks.values())
     assert sc.port.rules and all(r.monitor for r in sc.port.rules)
     assert sc.port.bans and all(b.monitor for b in sc.port.bans.values())
@@ -392,13 +423,8 @@ def test_a_monitor_group_is_monitored_while_others_are_enforced() -> None:
 
 def test_everything_written_expires_in_the_future_within_its_ttl() -> None:
     sc = scenario()
-    gid = sc.gid("servers")
     t = sc.replay.t
-    sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 200_000, sources=(ATTACKER, *REFLECTORS), sport=123, dport=None,
-                       start_s=t, stop_s=t + 60))
-    sc.replay.add(Flow(WEB, gid, TrafficClass.UDP, 100_000, sources=(ATTACKER,), sport=123, dport=None,
-                       start_s=t, stop_s=t + 60))
-    sc.replay.add(Flow(WEB, gid, TrafficClass.TCP_SYN, 300_000, size=60, start_s=t, stop_s=t + 60))
+    every_lever(sc, t, t + 60)
     sc.run(70)
     ttl, ban_max = 10 * NS, 300 * NS
     kinds = set()
@@ -414,11 +440,13 @@ def test_everything_written_expires_in_the_future_within_its_ttl() -> None:
                 assert at < r.expires_ns <= at + ttl
         elif kind == "ban":
             assert at < what[1] <= at + ban_max  # type: ignore[index]
-    assert kinds >= {"tighten", "relax", "syn_auth", "rules", "ban"}
+    assert kinds >= {"syn_auth", "rules", "ban"}
+    assert any(r.action == RuleAction.SOURCE_LIMIT for kind_rules in (w for _, k, w in sc.port.writes if k == "rules")
+               for r in kind_rules), "the per-source limit is a rule, and expires like one"  # type: ignore[attr-defined]
     # Refreshed while the attack lasted: never more than ttl/2 between writes.
-    tightens = [at for at, kind, _ in sc.port.writes if kind == "tighten"]
-    assert len(tightens) >= 60 // 5
-    assert max(b - a for a, b in itertools.pairwise(tightens)) <= ttl // 2 + sc.tick_s * NS
+    refreshes = [at for at, kind, _ in sc.port.writes if kind == "rules"]
+    assert len(refreshes) >= 60 // 5
+    assert max(b - a for a, b in itertools.pairwise(refreshes)) <= ttl // 2 + sc.tick_s * NS
 
 
 def test_nothing_is_refreshed_on_every_tick() -> None:
@@ -511,9 +539,10 @@ def test_top_stats_and_status_describe_the_running_attack() -> None:
     assert stats.started_by_vector == {"udp_reflection": 1}
     assert stats.time_to_mitigate_count == 1 and stats.time_to_mitigate[-1] == ("+Inf", 1)
     assert 0 < stats.time_to_mitigate_sum <= 2 * sc.tick_s
-    assert stats.rules_active == 1 and stats.groups_tightened == 1 and stats.bans_active == 1
+    # The reflection's rule drops the attacker's answers too: nobody's per-source limit is touched.
+    assert stats.rules_active == 1 and stats.groups_tightened == 0 and stats.bans_active == 0
     status = sc.controller.status()
-    assert status["attacks_active"] == 1 and status["tightened"] == ["servers"]
+    assert status["attacks_active"] == 1 and status["tightened"] == []
     assert status["attacks"][0]["vector"] == "udp_reflection/ntp"
     json.dumps(status)
     json.dumps(top)
@@ -538,7 +567,7 @@ def test_attack_records_are_json_with_every_field_the_cli_needs() -> None:
 
 def test_events_come_in_order_even_when_the_first_step_bans() -> None:
     sc = scenario(with_group(mitigation={"ladder": ["ban"]}))
-    heavy_hitter(sc, ATTACKER, 5)
+    heavy_hitter(sc, ATTACKER, 5)  # a sources lever with no tighten allowed: the ban is its first step
     with capture_logs() as logs:
         sc.run(10)
     names = [e["event"] for e in logs if e["event"].startswith(("attack_", "mitigation_"))]
@@ -554,7 +583,7 @@ def test_a_detect_only_ladder_writes_nothing() -> None:
     writes = len(sc.port.writes)
     sc.run(5)
     (attack,) = sc.controller.attacks()
-    assert attack.vector == "syn_flood" and attack.history.notes == ["ladder is empty: detect only"]
+    assert attack.vector == "syn_flood" and "ladder is empty: detect only" in attack.history.notes
     assert len(sc.port.writes) == writes and attack.time_to_mitigate_s is None
 
 
@@ -623,4 +652,4 @@ def test_an_always_authenticated_group_has_no_syn_auth_to_lift_when_the_attack_e
     (attack,) = sc.controller.attacks(active=False, recent=1)
     assert [(m.step, m.action) for m in attack.history.mitigations if m.step == "syn_auth"] == [("syn_auth", "applied")]
     assert events(logs, "mitigation_removed", step="syn_auth") == []
-    assert attack.to_dict()["ladder_steps"] == ["tighten", "rule", "ban"], "syn_auth is no ladder step"
+    assert attack.to_dict()["ladder_steps"] == [], "syn_auth is no ladder step, and nothing else was needed"

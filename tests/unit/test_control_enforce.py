@@ -7,12 +7,11 @@ import ipaddress
 from fakes import FakePort
 
 from agent.contract.abi import Origin, RuleAction
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.control.enforce import Enforcer, Wanted
 
 NS = 1_000_000_000
 TTL = 10.0
-LIMITS = tuple(ClassLimit(i + 1, 8, 1) for i in range(6))
 HOST = ipaddress.ip_network("203.0.113.5/32")
 NET = ipaddress.ip_network("203.0.113.0/24")
 
@@ -21,31 +20,41 @@ def kinds(port: FakePort) -> list[str]:
     return [k for _, k, _ in port.writes]
 
 
-def test_tightening_is_written_once_refreshed_at_half_ttl_and_relaxed() -> None:
+def test_a_per_source_limit_is_a_rule_written_once_refreshed_at_half_ttl_and_lifted() -> None:
     port = FakePort()
     e = Enforcer(port)
-    wanted = Wanted(tight={1: (LIMITS, TTL)})
+    limit = RuleSpec(dst=HOST, action=RuleAction.SOURCE_LIMIT, pps=2000)
+    wanted = Wanted(rules=[("a1", limit, TTL)])
     ch = e.apply(port.now_ns(), wanted)
-    assert ch.tightened == [1] and port.tightened[1] == (LIMITS, port.now_ns() + 10 * NS)
+    assert [r.action for _, r in ch.rules_added] == [RuleAction.SOURCE_LIMIT] and e.source_limited() == {0}
     for _ in range(4):
         port.advance(1)
-        assert e.apply(port.now_ns(), wanted).tightened == []
-    assert kinds(port) == ["tighten"], "nothing rewritten while more than half the ttl is left"
+        assert e.apply(port.now_ns(), wanted).rules_added == []
+    assert kinds(port) == ["rules"], "nothing rewritten while more than half the ttl is left"
     port.advance(1.5)
     e.apply(port.now_ns(), wanted)
-    assert kinds(port) == ["tighten", "tighten"] and port.tightened[1][1] == port.now_ns() + 10 * NS
-    other = tuple(ClassLimit(9, 9, 9) for _ in range(6))
-    assert e.apply(port.now_ns(), Wanted(tight={1: (other, TTL)})).tightened == [1], "new limits are new"
+    assert kinds(port) == ["rules", "rules"] and port.rules[0].expires_ns == port.now_ns() + 10 * NS
     ch = e.apply(port.now_ns(), Wanted())
-    assert ch.relaxed == [1] and 1 not in port.tightened
+    assert len(ch.rules_removed) == 1 and port.rules == [] and e.source_limited() == set()
 
 
 def test_a_shorter_ttl_from_a_reload_is_written_at_once() -> None:
     port = FakePort()
     e = Enforcer(port)
-    e.apply(port.now_ns(), Wanted(tight={1: (LIMITS, 600.0)}, syn_auth={1: 600.0}))
-    e.apply(port.now_ns(), Wanted(tight={1: (LIMITS, 5.0)}, syn_auth={1: 5.0}))
-    assert port.tightened[1][1] == port.now_ns() + 5 * NS and port.syn_auth[1] == port.now_ns() + 5 * NS
+    e.apply(port.now_ns(), Wanted(syn_auth={1: 600.0}))
+    e.apply(port.now_ns(), Wanted(syn_auth={1: 5.0}))
+    assert port.syn_auth[1] == port.now_ns() + 5 * NS
+
+
+def test_per_source_limits_come_after_drops_and_aggregate_limits() -> None:
+    """A SOURCE_LIMIT match ends the program's rule scan: a drop written after it would never be reached."""
+    port = FakePort()
+    e = Enforcer(port)
+    per_source = RuleSpec(dst=NET, action=RuleAction.SOURCE_LIMIT, pps=2000)
+    drop = rule(sport=(123, 123))
+    limit = rule(dst=NET, action=RuleAction.RATE_LIMIT, pps=1000)
+    e.apply(port.now_ns(), Wanted(rules=[("a", per_source, TTL), ("b", limit, TTL), ("c", drop, TTL)]))
+    assert [r.action for r in port.rules] == [RuleAction.DROP, RuleAction.RATE_LIMIT, RuleAction.SOURCE_LIMIT]
 
 
 def test_syn_auth_on_refresh_and_off() -> None:
@@ -103,12 +112,9 @@ def test_a_full_rule_table_refuses_the_least_important() -> None:
 def test_group_ids_follow_a_renumbering_reload() -> None:
     port = FakePort()
     e = Enforcer(port)
-    e.apply(port.now_ns(), Wanted(tight={3: (LIMITS, TTL)}, syn_auth={3: TTL}))
+    e.apply(port.now_ns(), Wanted(syn_auth={3: TTL}))
     e.remap({3: 5})
-    assert 3 not in port.tightened and 3 not in port.syn_auth, "id 3 may be another group's now"
-    e.apply(port.now_ns(), Wanted(tight={5: (LIMITS, TTL)}, syn_auth={5: TTL}))
-    assert 5 in port.tightened and 5 in port.syn_auth
-    assert port.writes[-2:] == [
-        (port.now_ns(), "tighten", (5, LIMITS, port.now_ns() + 10 * NS)),
-        (port.now_ns(), "syn_auth", (5, port.now_ns() + 10 * NS)),
-    ]
+    assert 3 not in port.syn_auth, "id 3 may be another group's now"
+    e.apply(port.now_ns(), Wanted(syn_auth={5: TTL}))
+    assert 5 in port.syn_auth
+    assert port.writes[-1:] == [(port.now_ns(), "syn_auth", (5, port.now_ns() + 10 * NS))]

@@ -13,8 +13,7 @@ import numpy as np
 
 from agent.contract import abi
 from agent.contract.keys import words
-from agent.contract.rates import describe
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.control.kernel import KernelPort
 
 
@@ -78,16 +77,11 @@ def test_writes_use_mapports_terms_with_origin_auto() -> None:
     maps = stand_in()
     policy_rule = RuleSpec(dst=ipaddress.ip_network("10.0.0.0/8"), origin=abi.Origin.POLICY)
     port = KernelPort(maps, reason_id=len, other_rules=lambda: [policy_rule])  # type: ignore[arg-type]
-    port.tighten(3, [ClassLimit(100, 800_000, 200)] * 6, 99)
-    (name, gid, rates, expires, origin) = maps.calls[-1]
-    assert (name, gid, expires, origin) == ("tighten", 3, 99, abi.Origin.AUTO)
-    assert round(describe(rates[0])["pps"]) == 100 and round(describe(rates[0])["bps"]) == 800_000
     auto = RuleSpec(dst=ipaddress.ip_network("203.0.113.9/32"), proto=17)
     port.set_auto_rules([auto])
     assert maps.calls[-1] == ("set_rules", [policy_rule, auto])
     port.set_syn_auth(3, None)
-    port.relax(3)
-    assert maps.calls[-2:] == [("set_syn_auth", 3, None), ("relax", 3)]
+    assert maps.calls[-1] == ("set_syn_auth", 3, None)
 
     net = ipaddress.ip_network("198.18.0.1/32")
     port.ban(net, 1234, True, "why")

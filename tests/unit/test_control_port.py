@@ -10,7 +10,7 @@ from fakes import FakePort
 
 from agent.contract import abi
 from agent.contract.keys import words
-from agent.contract.specs import ClassLimit, RuleSpec
+from agent.contract.specs import RuleSpec
 from agent.control.port import DstSnapshot, PacketSample, sample_from_raw
 
 V4 = ipaddress.ip_address("203.0.113.7")
@@ -84,8 +84,6 @@ def test_fake_port_keeps_state_and_a_history_of_writes() -> None:
     port.forget_host(V4)
     assert len(port.read_dst_stats()) == 0
 
-    limits = tuple(ClassLimit(1, 2, 3) for _ in range(6))
-    port.tighten(1, limits, port.now_ns() + 10)
     port.set_syn_auth(1, port.now_ns() + 10)
     port.set_auto_rules([RuleSpec(dst=ipaddress.ip_network("203.0.113.7/32"))])
     net = ipaddress.ip_network("198.18.0.1/32")
@@ -93,10 +91,9 @@ def test_fake_port_keeps_state_and_a_history_of_writes() -> None:
     assert port.live_bans().keys() == {net}
     port.advance(1.0)
     assert port.live_bans() == {}, "expired bans are not enforced"
-    port.relax(1)
     port.set_syn_auth(1, None)
     port.unban(net)
-    assert port.tightened == {} and port.syn_auth == {} and port.bans == {}
-    assert [k for _, k, _ in port.writes] == ["tighten", "syn_auth", "rules", "ban", "relax", "syn_auth", "unban"]
+    assert port.syn_auth == {} and port.bans == {}
+    assert [k for _, k, _ in port.writes] == ["syn_auth", "rules", "ban", "syn_auth", "unban"]
     assert port.written("syn_auth")[1] == (port.now_ns(), (1, None))
     assert port.drain_samples() == [] and np.all(port.read_group_stats()[0] == 0)

@@ -38,6 +38,7 @@ CLI_REQUESTS = {
     "top": {"n": 10},
     "reload": {},
     "detach": {},
+    "upstream": {},
 }
 
 

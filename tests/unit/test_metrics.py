@@ -41,6 +41,7 @@ class FakePort:
     def __init__(self, groups: int = 4) -> None:
         self.stats = np.zeros((abi.IF_SLOTS, abi.REASON_MAX, abi.CLASS_MAX, 2, 2), dtype=np.uint64)
         self.group_stats = np.zeros((groups, abi.LIMIT_CLASSES, len(FIELDS)), dtype=np.uint64)
+        self.watch_stats = np.zeros((abi.MAX_WATCH, abi.REASON_MAX, 2, 2), dtype=np.uint64)
         self.error: Exception | None = None
 
     def count(self, slot: int, reason: R, cls: C, monitor: int, packets: int, nbytes: int) -> None:
@@ -53,6 +54,9 @@ class FakePort:
 
     def read_group_stats(self) -> np.ndarray[Any, Any]:
         return self.group_stats.copy()
+
+    def read_watch_stats(self) -> np.ndarray[Any, Any]:
+        return self.watch_stats.copy()
 
 
 @dataclass
@@ -69,6 +73,7 @@ class FakeSource:
     bans: dict[str, int] = field(default_factory=lambda: {"policy": 10, "operator": 2, "auto": 7})
     rules: int = 4
     attacks: metrics.AttackStats = field(default_factory=metrics.AttackStats)
+    upstream: metrics.UpstreamStats | None = None
 
     @property
     def port(self) -> MapPort | None:
@@ -79,6 +84,9 @@ class FakeSource:
 
     def group_names(self) -> Mapping[int, str]:
         return self.groups
+
+    def watch_names(self) -> Mapping[int, str]:
+        return {1: "cgnat"}
 
     def xdp_modes(self) -> Mapping[str, str]:
         return self.modes
@@ -100,6 +108,9 @@ class FakeSource:
 
     def attack_stats(self) -> metrics.AttackStats:
         return self.attacks
+
+    def upstream_stats(self) -> metrics.UpstreamStats | None:
+        return self.upstream
 
 
 class FakeHost:
@@ -141,12 +152,18 @@ def populated() -> FakeSource:
     p.count(2, R.RATE_LIMITED, C.TCP_SYN, 1, 7, 420)
     p.count(0, R.NON_IP, C.NON_IP, 0, 2, 120)
     p.group_stats[1, C.UDP] = (150, 9600, 50, 3200, 12)
+    p.watch_stats[1, R.PASSED, 0] = (40, 2560)
+    p.watch_stats[1, R.RATE_LIMITED, 0] = (3, 192)
     src.attacks = metrics.AttackStats(
         active={"udp_reflection": 1},
         total={"udp_reflection": 2, "syn_flood": 1},
         time_to_mitigate=[("0.5", 0), ("1", 1), ("2", 2), ("+Inf", 2)],
         time_to_mitigate_sum=2.75,
         escalations_total=1,
+    )
+    src.upstream = metrics.UpstreamStats(
+        speaker_up=True, sessions={"transit": True, "reflector": False}, announcements={"flowspec": 2, "rtbh": 1},
+        refused={("rtbh", "too_short"): 3}, changes={("flowspec", "announced"): 4, ("flowspec", "withdrawn"): 2},
     )
     return src
 
@@ -482,7 +499,7 @@ def test_every_declared_metric_is_exported_and_nothing_else() -> None:
 def test_no_per_ip_labels() -> None:
     labels = {k for _, ls in samples(scrape_text()) for k, _ in ls}
     assert labels == {"interface", "reason", "class", "monitor", "group", "origin", "result", "map", "type",
-                      "mode", "vector", "version", "abi", "le"}
+                      "mode", "vector", "version", "abi", "le", "peer", "kind", "action", "watch"}
 
 
 def test_promtool_accepts_the_exposition() -> None:

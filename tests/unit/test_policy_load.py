@@ -17,6 +17,7 @@ from agent.policy import (
     load_policy_or_raise,
     restart_required,
 )
+from agent.policy.model import Limits
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -39,12 +40,11 @@ def test_minimal_policy_gets_the_documented_defaults(here: Path) -> None:
     policy = load_policy_or_raise("policy.yaml")
     assert policy.interfaces[0].name == "eth0" and policy.interfaces[0].mode == "auto"
     assert policy.mode == "enforce" and policy.malformed == "drop"
-    assert (policy.limits.tcp_syn.pps, policy.limits.tcp_syn.bps, policy.limits.tcp_syn.burst) == (
-        200,
-        2_000_000,
-        400,
-    )
-    assert policy.limits.udp.burst == 100_000  # twice pps
+    # No per-source limit unless the operator sets one: one address is often many people.
+    for name in ("tcp_syn", "tcp_other", "udp", "icmp", "fragment", "other"):
+        lim = policy.limits.rate(name)
+        assert (lim.pps, lim.bps, lim.burst) == (0, 0, 0), name
+    assert all(g.syn_auth == "on_attack" for g in policy.protect)
     assert policy.limits.ipv6_prefix == 64
     assert policy.detection.tick == 1.0 and policy.detection.hold_down == 30.0
     assert policy.mitigation.ladder == ("tighten", "rule", "ban")
@@ -81,7 +81,7 @@ def test_units_become_plain_numbers(here: Path) -> None:
     assert policy.limits.udp.pps == 1_500_000 and policy.limits.udp.bps == 1_500_000_000
     assert policy.limits.udp.burst == 3_000_000
     # A class written with only pps keeps its default bps and gets a burst that follows pps.
-    assert (policy.limits.tcp_syn.bps, policy.limits.tcp_syn.burst) == (2_000_000, 1000)
+    assert (policy.limits.tcp_syn.bps, policy.limits.tcp_syn.burst) == (0, 1000), "bps stays unlimited"
     assert policy.detection.tick == 0.25 and policy.detection.hold_down == 120.0
     assert policy.mitigation.ban_ttl == 5400.0 and policy.mitigation.max_bans == 20_000
 
@@ -109,7 +109,7 @@ def test_group_overrides_resolve_field_by_field(here: Path) -> None:
     web = policy.group("web")
     limits = policy.group_limits(web)
     assert (limits.udp.pps, limits.udp.bps, limits.udp.burst) == (1000, 100_000_000, 2000)
-    assert (limits.icmp.pps, limits.icmp.bps, limits.icmp.burst) == (100, 64_000, 200)
+    assert (limits.icmp.pps, limits.icmp.bps, limits.icmp.burst) == (0, 64_000, 0), "pps stays unlimited"
     assert limits.tcp_syn == policy.limits.tcp_syn
     mitigation = policy.group_mitigation(web)
     assert (mitigation.ban_ttl, mitigation.ban_ttl_max, mitigation.ladder) == (3600.0, 7200.0, ("ban",))
@@ -358,5 +358,5 @@ def test_empty_keys_mean_defaults_and_merge_with_other_files(here: Path) -> None
     assert policy is not None
     assert [str(e) for e in policy.allow.prefixes] == ["198.51.100.0/24"]
     assert [g.name for g in policy.protect] == ["web"]
-    assert policy.limits.udp.pps == 50_000
+    assert policy.limits.udp == Limits().udp, "an empty key is the built-in default"
     assert policy.control.group is None  # null is a value here: root only
