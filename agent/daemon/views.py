@@ -10,11 +10,11 @@ each class — instead of walking the LRU maps.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 from agent.contract import abi
 from agent.contract.clock import NS
-from agent.contract.keys import IPAddress, PrefixKey, covers, key_network
+from agent.contract.keys import IPAddress, IPNetwork, PrefixKey, covers, from_words, key_network
 from agent.contract.rates import describe
 from agent.datapath.mapport import MapPort
 from agent.policy import Policy, PrefixEntry
@@ -111,10 +111,44 @@ def explain(addr: IPAddress, port: MapPort, policy: Policy, compiled: CompiledPo
     infra = [str(key_network(k)) for k in ((e.version, e.address, e.prefixlen)
                                           for e in policy.infrastructure.prefixes) if covers(k, addr)]
     names = {g.gid: g.name for g in compiled.groups}
+    rules = [r for r in port.read_rules() if r.expires == 0 or r.expires > now]
     as_dst = None if dst_key is None else _as_destination(addr, port, table.dst[dst_key], dst_key, names, now)
-    buckets = _buckets_of(addr, port, policy.limits.ipv6_prefix, names, now)
+    if as_dst is not None:
+        as_dst["rules"] = [rule_view(r, names, now) for r in rules if _rule_covers(r, addr)]
+    buckets = _buckets_of(addr, port, policy.limits.ipv6_prefix, names, now, rules)
     return {"ip": str(addr), "verdict": verdict, "entries": records, "infrastructure": infra,
             "as_destination": as_dst, "source_buckets": buckets}
+
+
+def _rule_network(r: abi.Rule) -> IPNetwork:
+    return key_network((int(r.family), from_words(int(r.family), r.dst), int(r.dst_len)))
+
+
+def _rule_covers(r: abi.Rule, addr: IPAddress) -> bool:
+    return covers((int(r.family), from_words(int(r.family), r.dst), int(r.dst_len)), addr)
+
+
+def rule_view(r: abi.Rule, names: Mapping[int, str], now: int) -> dict[str, object]:
+    """A rule in force, in operator terms: what it matches and what it does to it."""
+    action = abi.RuleAction(r.action)
+    out: dict[str, object] = {
+        "id": int(r.id), "dst": str(_rule_network(r)), "group": names.get(int(r.group), str(int(r.group))),
+        "action": action.name.lower(), "origin": abi.Origin(r.origin).label,
+        "monitor": bool(r.flags & abi.RULE_MONITOR), "ttl_seconds": _ttl(int(r.expires), now),
+    }
+    if r.proto:
+        out["proto"] = int(r.proto)
+    if r.class_match:
+        out["class"] = abi.TrafficClass(r.class_match - 1).label
+    if (r.sport_lo, r.sport_hi) != (0, 65535):
+        out["sport"] = [int(r.sport_lo), int(r.sport_hi)]
+    if (r.dport_lo, r.dport_hi) != (0, 65535):
+        out["dport"] = [int(r.dport_lo), int(r.dport_hi)]
+    if action in (abi.RuleAction.RATE_LIMIT, abi.RuleAction.SOURCE_LIMIT):
+        out["limit"] = describe(r.rate)
+        out["meaning"] = ("each source limited to this for this destination" if action is abi.RuleAction.SOURCE_LIMIT
+                          else "all matching packets together limited to this")
+    return out
 
 
 def _tightened(g: abi.Group, now: int) -> bool:
@@ -149,8 +183,9 @@ def bucket_address(addr: IPAddress, ipv6_prefix: int) -> int:
 
 
 def _buckets_of(addr: IPAddress, port: MapPort, ipv6_prefix: int, names: Mapping[int, str],
-                now: int) -> list[dict[str, object]]:
-    """This source's token buckets, judged against the limits in force for each group."""
+                now: int, rules: Sequence[abi.Rule] = ()) -> list[dict[str, object]]:
+    """This source's token buckets, judged against the limits in force for each group; a per-source
+    limit of an attack (a SOURCE_LIMIT rule on the group and class) is listed with its destination."""
     key_addr = bucket_address(addr, ipv6_prefix)
     out: list[dict[str, object]] = []
     for gid in sorted(names):
@@ -164,11 +199,18 @@ def _buckets_of(addr: IPAddress, port: MapPort, ipv6_prefix: int, names: Mapping
             tight = _tightened(group, now)
             r = group.tight[c] if tight else group.base[c]
             ahead = max(0, int(b.pkt_tat) - now)
+            attack_limits = [
+                {"dst": str(_rule_network(x)), "rule_id": int(x.id), "limit": describe(x.rate),
+                 "over_limit": x.rate.pkt_cost_ns > 0 and ahead + x.rate.pkt_cost_ns > x.rate.pkt_tolerance_ns}
+                for x in rules
+                if x.action == abi.RuleAction.SOURCE_LIMIT and int(x.group) == gid
+                and (x.class_match == 0 or x.class_match - 1 == c)]
             out.append({"group": names[gid], "class": abi.TrafficClass(c).label, "limit": describe(r),
                         "tightened": tight,
                         "over_limit": r.pkt_cost_ns > 0 and ahead + r.pkt_cost_ns > r.pkt_tolerance_ns,
-                        "credit_used_seconds": round(ahead / NS, 3)})
+                        "credit_used_seconds": round(ahead / NS, 3),
+                        "attack_limits": attack_limits})
     return out
 
 
-__all__ = ["PolicyIndex", "bucket_address", "explain", "list_bans", "reason_text"]
+__all__ = ["PolicyIndex", "bucket_address", "explain", "list_bans", "reason_text", "rule_view"]

@@ -19,6 +19,7 @@ from scapy.packet import Raw
 
 from agent.contract import abi
 from agent.contract.keys import prefix_key
+from agent.contract.specs import RuleSpec
 from agent.daemon.reload import PolicyRuntime
 from agent.daemon.state import Reasons
 from agent.daemon.views import PolicyIndex, bucket_address, explain, list_bans
@@ -38,6 +39,7 @@ protect:
     limits: {udp: {pps: 1k}}
   - name: dns
     prefixes: [203.0.113.128/25]
+    limits: {udp: {pps: 2k}}    # per-source limits are none by default: a bucket needs one
 capacity:
   prefixes: 4095
   hosts4: 65536
@@ -127,6 +129,28 @@ def test_explain_judges_by_the_tightened_limits_while_they_last(h: Harness, runt
     assert b["tightened"] is False and isinstance(b["limit"], dict) and round(b["limit"]["pps"]) == 1000
     dst = explained(h, runtime, "203.0.113.10")["as_destination"]
     assert isinstance(dst, dict) and dst["tightened"] is False and dst["tightened_limits"] is None
+
+
+def test_explain_shows_an_attacks_per_source_limit_for_the_target_and_the_source(
+        h: Harness, runtime: PolicyRuntime) -> None:
+    """A SOURCE_LIMIT rule of an attack: the target lists it, and each source's bucket for that group and
+    class is judged against the rule's rate as well as the group's limit."""
+    assert runtime.compiled is not None
+    web = runtime.compiled.group_ids["web"]
+    h.rules(RuleSpec(dst=ipaddress.ip_network("203.0.113.10/32"), proto=17, action=abi.RuleAction.SOURCE_LIMIT,
+                     pps=5, burst=5, group=web, traffic_class=abi.TrafficClass.UDP, expires_ns=now_ns() + 60 * NS))
+    for _ in range(10):
+        h.run_raw(udp4(SRC4))
+    dst = explained(h, runtime, "203.0.113.10")["as_destination"]
+    assert isinstance(dst, dict)
+    (rule,) = dst["rules"]
+    assert (rule["action"], rule["class"], rule["dst"], rule["proto"]) == ("source_limit", "udp", "203.0.113.10/32", 17)
+    assert round(rule["limit"]["pps"]) == 5 and 0 < rule["ttl_seconds"] <= 60
+    assert explained(h, runtime, "203.0.113.11")["as_destination"]["rules"] == [], "another host: not its rule"
+    (b,) = buckets(h, runtime, SRC4)
+    (limit,) = b["attack_limits"]
+    assert limit["dst"] == "203.0.113.10/32" and round(limit["limit"]["pps"]) == 5
+    assert limit["over_limit"] is True and b["over_limit"] is False, "over the attack's 5 pps, not the group's 1k"
 
 
 def test_explain_shows_entries_infrastructure_and_destination_counters(h: Harness, runtime: PolicyRuntime) -> None:

@@ -77,6 +77,9 @@ class KernelSource:
     def attack_stats(self) -> metrics.AttackStats:
         return self.attacks
 
+    def upstream_stats(self) -> metrics.UpstreamStats | None:
+        return None  # the policy has no upstream block
+
 
 def scrape(url: str) -> str:
     with urllib.request.urlopen(url, timeout=10) as r:
