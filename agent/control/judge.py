@@ -307,14 +307,17 @@ def _no_lever(why: str, ev: dict[str, object]) -> Verdict:
 def _absent_shape(i: Inputs, quiet_ok: bool = True) -> tuple[str, float] | None:
     """The flood's shape and the share the profile has of it, when that share is negligible.
 
-    ``quiet_ok``: a class all but silent in calm counts as a profile without that shape."""
+    ``quiet_ok``: a class all but silent in calm counts as a profile without the flood's destination
+    port. Answers from a reflection port to a group that sent no UDP in calm are answers to requests it
+    never made, whoever the reflectors are: for them silence is always enough."""
     p, cls, shape = i.profile, i.cls, i.shape
     trusted = p.evidence(cls) >= MIN_PROFILE_SAMPLES
-    quiet = quiet_ok and i.normal_pps * 100 <= i.class_pps  # the class itself was all but silent in calm
+    silent = i.normal_pps * 100 <= i.class_pps  # the class itself was all but silent in calm
+    quiet = quiet_ok and silent
     if cls is C.UDP:
         if shape.vector is Vector.UDP_REFLECTION and shape.sport is not None:
             share = p.share(cls, "sports", shape.sport)
-            if share < ABSENT_SHARE and (trusted or quiet):
+            if share < ABSENT_SHARE and (trusted or silent):
                 return f"UDP answers from port {shape.sport} ({shape.service})", share
         if shape.dport is not None:
             share = p.share(cls, "dports", shape.dport)

@@ -215,3 +215,6 @@ def test_a_few_real_sources_in_a_class_silent_in_calm_are_limited_not_their_port
     forged = judge(inputs(shape=Classification(Vector.UDP_FLOOD, dport=7), profile=GroupProfile(),
                           spoof=SpoofVerdict(True, "spoofed"), normal_pps=0.0, class_pps=50_000.0))
     assert (forged.lever, forged.shape_pps) == (Lever.SHAPE, 0), "forged sources: the port nobody used is dropped"
+    reflectors = judge(inputs(shape=Classification(Vector.UDP_REFLECTION, sport=53, service="dns"), sources=hitter,
+                              profile=GroupProfile(), normal_pps=0.0, class_pps=50_000.0))
+    assert (reflectors.lever, reflectors.shape_pps) == (Lever.SHAPE, 0), "answers nobody asked for: dropped"
