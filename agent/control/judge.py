@@ -40,6 +40,7 @@ with its evidence and never mitigated.
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import math
 from collections.abc import Mapping
@@ -84,12 +85,20 @@ MIN_SOURCE_SAMPLES = 20
 #: Without distress, a few sources are a flood only this far above their per-source limit (a busy
 #: real client of a kind the group has not seen yet is not); with distress, above the limit is enough.
 ABUSIVE_MULTIPLE = 5.0
+#: A source of other TCP sampled sending at least one SYN per this many other packets opens its
+#: connections as real clients do (a new connection per request is about 5): without distress caused
+#: by its class it is a busy client (a CGNAT address, a proxy), not a flood. A raw ACK flood has none.
+OTHER_PER_SYN_MAX = 50
 #: Floors of a per-source limit (pps), per class: well above any one real client of a small site.
 SOURCE_FLOOR_PPS = {
     C.TCP_SYN: 200, C.TCP_OTHER: 5_000, C.UDP: 2_000, C.ICMP: 100, C.FRAGMENT: 500, C.OTHER: 500,
 }
 #: An aggregate limit is the shape's learned normal rate times its headroom, and at least this.
 SHAPE_FLOOR_PPS = 100
+#: A target's distress counts against a class only if that class carries at least this share of the
+#: group's traffic (packets or bytes): a reflection filling the link does not make the real clients'
+#: TCP, a few percent of it, the cause.
+DISTRESS_SHARE = 0.25
 
 
 class Kind(enum.StrEnum):
@@ -159,8 +168,10 @@ class Inputs:
     syn_auth: str  # the group's setting: off | on_attack | always
     age_s: float = math.inf  # how long the candidate has lasted
     acks_from: Mapping[IPAddress, int] = field(default_factory=dict)  # other-TCP samples of the SYN senders
+    syns_from: Mapping[IPAddress, int] = field(default_factory=dict)  # SYN samples of the other-TCP senders
     acked_share: float | None = None  # SYN samples whose source also sent other TCP lately (None: too few)
     syn_undelivered_pps: float = 0.0  # the group's SYNs not delivered now: answered with a challenge, or dropped
+    class_share: float | None = None  # this class's share of the group's traffic now (packets or bytes)
     source_headroom: float = 10.0  # the group's mitigation.source_headroom
     shape_headroom: float = 3.0  # the group's mitigation.shape_headroom
 
@@ -207,6 +218,11 @@ def real_clients(cls: TrafficClass, done: float | None, acked_share: float | Non
 
 def judge(i: Inputs) -> Verdict:
     """The verdict on one candidate; see the module docstring."""
+    if i.distress.hurting and i.class_share is not None and i.class_share < DISTRESS_SHARE:
+        # The target hurts, but not from this class: judged as if it did not (its own evidence decides).
+        i = dataclasses.replace(i, distress=Distress(
+            False, f"the target hurts ({i.distress.why}), but {i.cls.label} is only {i.class_share:.0%} of its "
+                   "traffic: not the cause", i.distress.drops_ps, i.distress.load))
     ev: dict[str, object] = {
         "samples": i.sources.samples,
         "distinct_sources": i.sources.distinct,
@@ -216,6 +232,8 @@ def judge(i: Inputs) -> Verdict:
         "normal_pps": round(i.normal_pps),
         "distress": i.distress.to_dict(),
     }
+    if i.class_share is not None:
+        ev["class_share_of_traffic"] = round(i.class_share, 3)
     done = completion(i)
     if i.cls in (C.TCP_SYN, C.TCP_OTHER):
         ev["tcp_pps"] = {"syn": round(i.syn_pps), "syn_normal": round(i.syn_normal), "other": round(i.other_pps),
@@ -238,6 +256,11 @@ def judge(i: Inputs) -> Verdict:
         # sparse samples of a crowd look forged. A target that hurts does not wait.
         return _surge(f"{i.cls.label} surplus of {i.age_s:.1f} s: its handshakes are judged after one SYN "
                       f"retransmission time ({SETTLE_S:g} s)", ev, i)
+
+    if i.cls is C.TCP_SYN and i.syn_pps <= i.syn_normal and not i.distress.hurting:
+        # Nothing above the normal now (a surge fading, or slowed by a flood of another class): nothing
+        # here says forged, and an attack once judged stays one (the tracker keeps it).
+        return _surge("no SYN surplus over this group's normal now", ev, i)
 
     # 2. A shape the group's calm traffic hardly has: hostile by shape, whoever sends it. A class that
     #    was silent in calm says little about which of its shapes real clients use: when a few real
@@ -267,7 +290,8 @@ def judge(i: Inputs) -> Verdict:
         return _surge(f"SYNs answered by challenges ({i.syn_undelivered_pps:.0f} pps): real senders verify and "
                       f"come back, forged ones never do; judged after {CHALLENGED_SETTLE_S:g} s", ev, i)
     if i.cls is C.TCP_SYN:
-        why = i.spoof.why if i.spoof.spoofed else f"handshake completion {done:.2f}" if done is not None else ""
+        why = (i.spoof.why if i.spoof.spoofed else f"handshake completion {done:.2f}" if done is not None
+               else "its senders are not seen completing handshakes")
         if i.syn_auth == "off":
             return Verdict(Kind.ATTACK, Lever.NONE, f"SYN flood ({why}), SYN authentication is off for this "
                            "group; SYNs are never rate-limited in aggregate", ev)
@@ -377,6 +401,8 @@ def _abusive(i: Inputs, source_limit: int) -> list[dict[str, object]] | None:
         # A SYN sender whose ACKs and data are sampled at least as often as its SYNs completes its
         # handshakes: a busy real client (a CGNAT address, a proxy), not a flood, however fast.
         heavy = [(src, pps, n) for src, pps, n in heavy if i.acks_from.get(src, 0) < n]
+    if i.cls is C.TCP_OTHER and not i.distress.hurting:
+        heavy = [(src, pps, n) for src, pps, n in heavy if i.syns_from.get(src, 0) * OTHER_PER_SYN_MAX < n]
     if not heavy or sum(n for _, _, n in heavy) < ABUSIVE_SHARE * s.samples:
         return None
     return [{"source": str(src), "pps": round(pps)} for src, pps, _n in heavy[:10]]

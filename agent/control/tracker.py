@@ -164,6 +164,13 @@ class Tracker:
         acks = self._watch.acks_from(a.gid)
         return {src: acks.get(source_key(src), 0) for src, _pps, _n in sources.top}
 
+    def _syns_of(self, a: Attack, sources: SourceStats) -> dict[IPAddress, int]:
+        """SYN samples of an other-TCP attack's heaviest senders (empty for other classes)."""
+        if a.cls is not TrafficClass.TCP_OTHER:
+            return {}
+        syns = self._watch.syns_from(a.gid)
+        return {src: syns.get(source_key(src), 0) for src, _pps, _n in sources.top}
+
     def _acked_share(self, a: Attack) -> float | None:
         """Of a SYN attack's recent samples, the share from senders also sampled sending ACKs or data."""
         if a.cls is not TrafficClass.TCP_SYN:
@@ -186,6 +193,13 @@ class Tracker:
         def normal(cls: TrafficClass) -> float:
             return float(mean[gid, cls]) if gid < mean.shape[0] else 0.0
 
+        def share(cls: TrafficClass) -> float | None:
+            if gid >= g.groups:
+                return None
+            pps, bps = float(g.pps[gid].sum()), float(g.bps[gid].sum())
+            parts = [float(g.pps[gid, cls]) / pps if pps > 0 else 0.0, float(g.bps[gid, cls]) / bps if bps > 0 else 0.0]
+            return max(parts)
+
         ev = a.evidence
         spoof = SpoofVerdict(ev.spoofed, ev.spoof_reason or ev.samples.spoofing(view.mitigation.spoof_ratio).why)
         sources = ev.samples.source_stats(100)
@@ -195,8 +209,10 @@ class Tracker:
             syn_pps=rate(TrafficClass.TCP_SYN), syn_normal=normal(TrafficClass.TCP_SYN),
             other_pps=rate(TrafficClass.TCP_OTHER), other_normal=normal(TrafficClass.TCP_OTHER),
             distress=t.distress_of(gid), syn_auth=view.syn_auth, age_s=(t.now - a.first_over_ns) / 1e9,
-            acks_from=self._acks_of(a, sources), acked_share=self._acked_share(a),
+            acks_from=self._acks_of(a, sources), syns_from=self._syns_of(a, sources),
+            acked_share=self._acked_share(a),
             syn_undelivered_pps=float(g.dropped_pps[gid, TrafficClass.TCP_SYN]) if gid < g.groups else 0.0,
+            class_share=share(a.cls),
             source_headroom=view.mitigation.source_headroom, shape_headroom=view.mitigation.shape_headroom,
         ))
         prev = a.verdict

@@ -69,6 +69,9 @@ class Watch:
         self.profiles = Profiles(d.baseline.half_life, d.sample_every)
         # Who sent other TCP (ACKs, data) to each group lately: real clients complete their handshakes.
         self._acks: deque[dict[int, Counter[int]]] = deque(maxlen=ACK_WINDOW_TICKS)
+        # Who sent SYNs to each group lately: a busy source of other TCP that opens its connections at
+        # a real client's pace is one.
+        self._syns: deque[dict[int, Counter[int]]] = deque(maxlen=ACK_WINDOW_TICKS)
         self._pending: dict[Series, deque[SampleTick]] = {}
         self._drops: dict[int, int] = {}
 
@@ -104,6 +107,8 @@ class Watch:
         self.profiles.learn(samples.by_series, g.dt, calm)
         self._acks.append({gid: Counter(source_key(x.src) for x in got)
                            for (gid, cls), got in samples.by_series.items() if cls == TrafficClass.TCP_OTHER})
+        self._syns.append({gid: Counter(source_key(x.src) for x in got)
+                           for (gid, cls), got in samples.by_series.items() if cls == TrafficClass.TCP_SYN})
         return TickData(now, g, d, samples, GroupRows(d), distress), step
 
     def _drops_ps(self, downstream: dict[int, int], dt: float) -> dict[int, float]:
@@ -119,8 +124,16 @@ class Watch:
 
     def acks_from(self, gid: int) -> Counter[int]:
         """Samples of other TCP to the group over the last few ticks, by source (`samples.source_key`)."""
+        return self._window(self._acks, gid)
+
+    def syns_from(self, gid: int) -> Counter[int]:
+        """Samples of SYNs to the group over the last few ticks, by source."""
+        return self._window(self._syns, gid)
+
+    @staticmethod
+    def _window(ticks: deque[dict[int, Counter[int]]], gid: int) -> Counter[int]:
         out: Counter[int] = Counter()
-        for tick in self._acks:
+        for tick in ticks:
             got = tick.get(gid)
             if got:
                 out.update(got)

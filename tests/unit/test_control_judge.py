@@ -218,3 +218,29 @@ def test_a_few_real_sources_in_a_class_silent_in_calm_are_limited_not_their_port
     reflectors = judge(inputs(shape=Classification(Vector.UDP_REFLECTION, sport=53, service="dns"), sources=hitter,
                               profile=GroupProfile(), normal_pps=0.0, class_pps=50_000.0))
     assert (reflectors.lever, reflectors.shape_pps) == (Lever.SHAPE, 0), "answers nobody asked for: dropped"
+
+
+def test_a_target_hurting_from_another_class_does_not_make_real_clients_the_cause() -> None:
+    """A reflection fills the link; the real clients' TCP, a tenth of the traffic, stays a surge: its one
+    busy source is above the per-source floor, but the distress is not its doing."""
+    hurting = Distress(True, "its link is 98% full", load=0.98)
+    busy = SourceStats(500, 1, 1.0, ((ipaddress.ip_address("100.64.0.2"), 5_800.0, 500),))
+    tcp = {"cls": C.TCP_OTHER, "shape": Classification(Vector.TCP_OTHER_FLOOD, dport=80), "sources": busy,
+           "class_pps": 5_800.0, "normal_pps": 5_000.0, "distress": hurting}
+    v = judge(inputs(**tcp, class_share=0.1))
+    assert v.kind is Kind.SURGE, v
+    assert "not the cause" in str(v.evidence["distress"]["why"]) and v.evidence["class_share_of_traffic"] == 0.1
+    flood = judge(inputs(**tcp, class_share=0.9))
+    assert (flood.kind, flood.lever) == (Kind.ATTACK, Lever.SOURCES), "the class that fills the link is the cause"
+
+
+def test_a_busy_source_of_other_tcp_opening_its_connections_is_a_client_not_a_flood() -> None:
+    """One address far above the other-TCP floor, but with a SYN for every few packets (a new connection per
+    request): a busy real client. The same rate with no SYN at all is an ACK flood from a real source."""
+    src = ipaddress.ip_address("100.64.0.2")
+    busy = SourceStats(500, 1, 1.0, ((src, 30_000.0, 500),))
+    tcp = {"cls": C.TCP_OTHER, "shape": Classification(Vector.TCP_OTHER_FLOOD, dport=80), "sources": busy,
+           "class_pps": 30_000.0, "normal_pps": 100.0}
+    assert judge(inputs(**tcp, syns_from={src: 100})).kind is Kind.SURGE
+    flood = judge(inputs(**tcp, syns_from={}))
+    assert (flood.kind, flood.lever) == (Kind.ATTACK, Lever.SOURCES)
