@@ -41,6 +41,7 @@ bench: setup
 	$(FG) bench synauth
 	$(FG) bench e2e
 	$(FG) bench upstream
+	$(FG) bench collateral
 
 # As a systemd service: a venv under /opt/floodguard, the unit, /etc/floodguard
 # (an existing policy is kept). `make uninstall PURGE=1` also removes policy and state.

@@ -114,8 +114,12 @@ def _bench(args: argparse.Namespace) -> int:
         from agent.bench import upstream
 
         return upstream.main(rest)
-    raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes, policy, detection, synauth, e2e "
-                   "or upstream")
+    if args.what == "collateral":
+        from agent.bench import collateral
+
+        return collateral.main(rest)
+    raise CliError(f"unknown benchmark {args.what!r}: choose datapath, prefixes, policy, detection, synauth, e2e, "
+                   "upstream or collateral")
 
 
 DEFAULT_POLICY = "/etc/floodguard/policy.yaml"
@@ -518,11 +522,13 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--short", action="store_true", help="a 30-second story instead of 75 seconds")
     d.set_defaults(func=_demo)
 
-    b = sub.add_parser("bench", help="measure: datapath, prefixes, policy, detection, synauth, e2e, upstream",
+    b = sub.add_parser("bench", help="measure: datapath, prefixes, policy, detection, synauth, e2e, upstream, "
+                       "collateral",
                        description="Benchmarks print ratios measured in one run. "
                        "`floodguard bench datapath --help` shows each one's options.",
                        add_help=False)
-    b.add_argument("what", choices=["datapath", "prefixes", "policy", "detection", "synauth", "e2e", "upstream"],
+    b.add_argument("what", choices=["datapath", "prefixes", "policy", "detection", "synauth", "e2e", "upstream",
+                                    "collateral"],
                    help="which benchmark")
     b.add_argument("rest", nargs=argparse.REMAINDER, help="options of that benchmark (--json, --help, ...)")
     b.set_defaults(func=_bench)
