@@ -85,7 +85,8 @@ enum fg_rule_action {
 /* fg_config.flags */
 #define FG_CFG_MONITOR        (1U << 0) /* global monitor: count would-be drops, pass them */
 #define FG_CFG_MALFORMED_PASS (1U << 1) /* pass malformed packets (default: drop) */
-#define FG_CFG_SYN_LEARN      (1U << 2) /* learn verified sources from handshakes seen in calm times */
+/* (1U << 2) was "learn verified sources from calm-time handshakes", removed as
+ * forgeable (issue 13): not reused while old pins may still carry it. */
 
 /* A 128-bit key for the SYN challenge's keyed hash. */
 struct fg_key128 {
@@ -175,7 +176,7 @@ struct fg_rate {
 #define FG_GROUP_TIGHT       (1U << 1) /* tight[] replaces base[] until tight_expires */
 #define FG_GROUP_SYN_AUTH    (1U << 2) /* challenge unverified SYNs until syn_auth_expires */
 #define FG_GROUP_SYN_ALWAYS  (1U << 3) /* challenge unverified SYNs always */
-#define FG_GROUP_SYN_LEARN   (1U << 4) /* SYN auth configured: learn verified sources in calm times */
+/* (1U << 4) was SYN learning in calm times: removed as forgeable, not reused. */
 
 /* A protected group (array; group 0 = everything not protected). */
 struct fg_group {

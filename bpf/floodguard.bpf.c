@@ -345,24 +345,10 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 	int active = (g->flags & FG_GROUP_SYN_ALWAYS) ||
 		     ((g->flags & FG_GROUP_SYN_AUTH) && fg_live(c, g->syn_auth_expires));
 
-	if (!active) {
-		/* Calm times: a source that completes a handshake (its pure ACK
-		 * follows a SYN that created its SYN bucket) is a real stack. */
-		if (!(g->flags & FG_GROUP_SYN_LEARN) || !(cfg->flags & FG_CFG_SYN_LEARN) ||
-		    (flags & (FG_TCP_SYN | FG_TCP_RST | FG_TCP_FIN | FG_TCP_ACK)) != FG_TCP_ACK)
-			return 0;
-		void *syn_seen;
-		if (c->p.family == 4) {
-			struct fg_bucket_key4 bk = { .addr = c->p.src[0], .group = c->group, .class = FG_CLASS_TCP_SYN };
-			syn_seen = buckets4.lookup(&bk);
-		} else {
-			struct fg_bucket_key6 bk = fg_bucket_key6(c, cfg, FG_CLASS_TCP_SYN);
-			syn_seen = buckets6.lookup(&bk);
-		}
-		if (syn_seen && !fg_verified(c))
-			fg_verify(c, cfg);
+	/* No learning in calm times: a SYN then an ACK is all an observer sees
+	 * of a handshake, and a forger sends both. Only a challenge verifies. */
+	if (!active)
 		return 0;
-	}
 
 	if ((flags & (FG_TCP_RST | FG_TCP_ACK)) == FG_TCP_RST) {
 		/* A bare RST: the answer to a challenge, or a forgery. */
@@ -517,7 +503,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 
 	__u8 group_mon = global_mon || (grp->flags & FG_GROUP_MONITOR);
 
-	if (c->p.proto == IPPROTO_TCP && grp->flags & (FG_GROUP_SYN_AUTH | FG_GROUP_SYN_ALWAYS | FG_GROUP_SYN_LEARN) &&
+	if (c->p.proto == IPPROTO_TCP && grp->flags & (FG_GROUP_SYN_AUTH | FG_GROUP_SYN_ALWAYS) &&
 	    fg_synauth(ctx, c, cfg, grp, group_mon))
 		goto out;
 

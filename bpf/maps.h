@@ -112,7 +112,7 @@ BPF_TABLE_PINNED("lru_percpu_hash", struct fg_dst_key, struct fg_dst_counter, ds
 /* Packets matched by each rule. Program. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct fg_counter, rule_stats, FG_MAX_RULES, FG_PIN("rule_stats"));
 
-/* Sources that answered a SYN challenge, or completed a handshake in calm times. Program. */
+/* Sources that answered a SYN challenge, until verified_ttl. Program. */
 BPF_TABLE_PINNED("lru_hash", __u32, struct fg_verified, verified4, FG_MAX_VERIFIED, FG_PIN("verified4"));
 BPF_TABLE_PINNED("lru_hash", struct fg_verified_key6, struct fg_verified, verified6, FG_MAX_VERIFIED,
 		 FG_PIN("verified6"));

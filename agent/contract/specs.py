@@ -16,7 +16,6 @@ class ConfigSpec:
 
     monitor: bool = False
     malformed_pass: bool = False
-    syn_learn: bool = False
     sample_every: int = 0
     v6_bucket_len: int = 64
     syn_verified_ttl_ns: int = 600 * NS
@@ -29,7 +28,6 @@ class GroupSpec:
     base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
     monitor: bool = False
     syn_always: bool = False
-    syn_learn: bool = False  # SYN auth configured: learn verified sources in calm times
     challenge_pps: int = 0
 
 

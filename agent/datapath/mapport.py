@@ -46,7 +46,6 @@ class MapPort:
         c.flags = (
             (abi.CFG_MONITOR if spec.monitor else 0)
             | (abi.CFG_MALFORMED_PASS if spec.malformed_pass else 0)
-            | (abi.CFG_SYN_LEARN if spec.syn_learn else 0)
         )
         c.sample_every = spec.sample_every
         c.n_rules = cur.n_rules
@@ -91,7 +90,6 @@ class MapPort:
             keep
             | (abi.GROUP_MONITOR if spec.monitor else 0)
             | (abi.GROUP_SYN_ALWAYS if spec.syn_always else 0)
-            | (abi.GROUP_SYN_LEARN if spec.syn_learn else 0)
         )
         g.challenge = make_rate(pps=spec.challenge_pps) if spec.challenge_pps else abi.Rate()
         self.maps["groups"].set(gid, g)

@@ -1,10 +1,12 @@
 """SYN authentication through the real program: the challenge a SYN gets,
 what a correct and a wrong answer do, key expiry, the challenge cap,
-monitor mode and learning from handshakes seen in calm times."""
+monitor mode, and that a handshake seen in calm times verifies nobody."""
 
 from __future__ import annotations
 
 from typing import Any
+
+import pytest
 
 from harness import Harness, eth, now_ns
 from scapy.layers.inet import IP, TCP
@@ -44,9 +46,9 @@ def setup(h: Harness, *, always: bool = True, challenge_pps: int = 100_000, moni
     base = [abi.Rate() for _ in range(abi.LIMIT_CLASSES)]
     if syn_limit:
         base[C.TCP_SYN] = make_rate(*syn_limit)
-    h.port.set_group(1, GroupSpec(base=base, syn_always=always, syn_learn=True, challenge_pps=challenge_pps,
+    h.port.set_group(1, GroupSpec(base=base, syn_always=always, challenge_pps=challenge_pps,
                                   monitor=monitor))
-    h.port.write_config(ConfigSpec(syn_learn=True), syn_keys=[KEY_A, KEY_B])
+    h.port.write_config(ConfigSpec(), syn_keys=[KEY_A, KEY_B])
 
 
 def valid_checksums(pkt: Any) -> bool:
@@ -155,27 +157,20 @@ def test_on_attack_auth_runs_until_its_expiry(h: Harness) -> None:
     assert h.run(syn4()).reason == "passed"
 
 
-def test_a_handshake_in_calm_times_verifies_the_source(h: Harness) -> None:
+@pytest.mark.parametrize("ack_no", [5, 0, 1001])
+def test_a_forged_calm_time_handshake_verifies_nobody(h: Harness, ack_no: int) -> None:
+    # Issue 13 #1: a SYN then a bare ACK (any ack number) from a forged source in calm
+    # times used to verify it for verified_ttl. Nothing in what the gateway sees of a
+    # handshake is beyond a forger, so only the answer to a challenge verifies.
     setup(h, always=False, syn_limit=(100, 0, 10))
-    h.run(syn4())  # creates the source's SYN bucket
-    ack = eth() / IP(src=CLI4, dst=SRV4) / TCP(sport=40000, dport=443, flags="A", seq=1001, ack=5)
-    h.run(ack)
-    spoofed_ack = eth() / IP(src="198.51.100.99", dst=SRV4) / TCP(sport=1, dport=443, flags="A")
-    h.run(spoofed_ack)  # an ACK without a SYN first proves nothing
+    h.run(syn4())
+    h.run(eth() / IP(src=CLI4, dst=SRV4) / TCP(sport=40000, dport=443, flags="A", seq=1001, ack=ack_no))
+    h.run(syn6())
+    h.run(eth() / IPv6(src=CLI6, dst=SRV6) / TCP(sport=40000, dport=443, flags="A", seq=1001, ack=ack_no))
+    assert not list(h.maps["verified4"].items()) and not list(h.maps["verified6"].items())
     h.port.set_syn_auth(1, now_ns() + 60 * 10**9)
-    assert h.run(syn4()).reason == "passed"
-    assert h.run(syn4(src="198.51.100.99")).reason == "syn_challenged"
-
-
-def test_an_ipv6_handshake_in_calm_times_verifies_the_source(h: Harness) -> None:
-    setup(h, always=False, syn_limit=(100, 0, 10))
-    h.run(syn6())  # creates the SYN bucket of the source's /64
-    h.run(eth() / IPv6(src=CLI6, dst=SRV6) / TCP(sport=40000, dport=443, flags="A", seq=1001, ack=5))
-    stranger = "2001:db8:9::99"  # another /64, no SYN before its ACK
-    h.run(eth() / IPv6(src=stranger, dst=SRV6) / TCP(sport=1, dport=443, flags="A"))
-    h.port.set_syn_auth(1, now_ns() + 60 * 10**9)
-    assert h.run(syn6()).reason == "passed"
-    assert h.run(syn6(src=stranger)).reason == "syn_challenged"
+    assert h.run(syn4()).reason == "syn_challenged"
+    assert h.run(syn6()).reason == "syn_challenged"
 
 
 def test_syn_with_ip_options_cannot_be_challenged_and_is_dropped(h: Harness) -> None:
