@@ -368,14 +368,16 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 		return 1;
 	}
 
-	if (c->p.class != FG_CLASS_TCP_SYN || fg_verified(c))
+	/* By its flags, not its class: a SYN in a first fragment is classed a
+	 * fragment and must not slip past as one (later ones carry no flags). */
+	if ((flags & (FG_TCP_SYN | FG_TCP_ACK)) != FG_TCP_SYN || fg_verified(c))
 		return 0;
 
 	c->monitor = group_mon;
 	__u32 hdrs = c->p.l3_off + (c->p.family == 4 ? 20 : 40);
-	if (c->p.l4_off != hdrs) {
-		/* IP options or IPv6 extension headers: no legitimate client
-		 * needs them on a SYN, and the challenge cannot be built in place. */
+	if (c->p.l4_off != hdrs || c->p.frag) {
+		/* IP options, IPv6 extension headers or a fragment: no legitimate
+		 * client needs them on a SYN, and the challenge cannot be built in place. */
 		c->reason = FG_REASON_SYN_AUTH_FAILED;
 		c->action = XDP_DROP;
 		return 1;

@@ -145,6 +145,11 @@ static __always_inline int fg_parse_ipv4(struct fg_cursor *c, struct fg_pkt *p)
 		p->frag = FG_FRAG_LATER;
 	else if (frag & FG_IP_MF)
 		p->frag = FG_FRAG_FIRST;
+	/* RFC 1858: a TCP fragment at offset 8 bytes overwrites the flags of the
+	 * first one on reassembly (an ACK here, a SYN at the server). No sender
+	 * needs it: the smallest MTU leaves a first fragment 40 bytes. */
+	if ((frag & FG_IP_OFFSET) == 1 && ip->protocol == IPPROTO_TCP)
+		p->malformed = FG_MAL_L4;
 	c->pos += hlen;
 	return FG_PARSE_OK;
 }
@@ -187,12 +192,17 @@ static __always_inline int fg_parse_ipv6(struct fg_cursor *c, struct fg_pkt *p)
 				goto bad;
 			next = h[0];
 			__u16 off = fg_ntohs(*(__u16 *)(h + 2));
-			if (off & 0xFFF8)
+			c->pos += 8;
+			if (off & 0xFFF8) {
+				/* What follows is the middle of a payload: its bytes
+				 * are not headers, whatever next says. */
 				p->frag = FG_FRAG_LATER;
-			else if (off & 1)
+				p->proto = next;
+				return FG_PARSE_OK;
+			}
+			if (off & 1)
 				p->frag = FG_FRAG_FIRST;
 			/* An atomic fragment (offset 0, M clear) carries a whole packet. */
-			c->pos += 8;
 		} else {
 			p->proto = next;
 			if (c->pos > c->end)

@@ -99,6 +99,10 @@ PARSE_CASES = [
          e6() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(m=1, offset=0) / UDP() / PAY,
          "pass/passed/fragment"),
     Case("IPv6 later fragment", e6() / IPv6ExtHdrFragment(m=0, offset=10, nh=17) / PAY, "pass/passed/fragment"),
+    # Issue 13 #16: after the fragment header of a later fragment comes payload, not headers.
+    Case("IPv6 later fragment: the payload is not walked as extension headers",
+         e6() / IPv6ExtHdrFragment(m=1, offset=10, nh=60) / Raw(b"\x3c\xff" + b"x" * 30),
+         "pass/passed/fragment"),
     Case("IPv6 atomic fragment carries a whole UDP packet",
          e6() / IPv6ExtHdrFragment(m=0, offset=0) / UDP() / PAY, "pass/passed/udp"),
     Case("IPv6 eight extension headers", ext_chain(7), "pass/passed/udp"),
@@ -124,6 +128,10 @@ MALFORMED_CASES = [
     Case("IPv4 total length beyond the frame", e4(len=400) / UDP() / PAY, "drop/malformed/udp"),
     Case("IPv4 IHL 15 beyond the frame", patch(e4() / UDP(), 14, b"\x4f"), "drop/malformed/udp"),
     Case("truncated TCP header", cut(e4(len=30) / TCP(), 14 + 30), "drop/malformed/tcp_other"),
+    # RFC 1858: offset 1 (8 bytes) lands on the TCP flags of the first fragment, which
+    # is how an overlap turns an ACK the first stages saw into a SYN the server gets.
+    Case("IPv4 TCP fragment at offset 8 bytes (overlaps the TCP flags)", e4(frag=1, proto=6) / PAY,
+         "drop/malformed/fragment"),
     Case("TCP data offset below 5", e4() / TCP(dataofs=3), "drop/malformed/tcp_other"),
     Case("TCP data offset beyond the frame", e4() / TCP(dataofs=15), "drop/malformed/tcp_other"),
     Case("truncated UDP header", cut(e4(len=24) / UDP(), 14 + 24), "drop/malformed/udp"),

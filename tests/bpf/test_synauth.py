@@ -10,7 +10,7 @@ import pytest
 
 from harness import Harness, eth, now_ns
 from scapy.layers.inet import IP, TCP
-from scapy.layers.inet6 import IPv6
+from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Dot1Q, Ether
 
 from agent.contract import abi
@@ -176,6 +176,20 @@ def test_a_forged_calm_time_handshake_verifies_nobody(h: Harness, ack_no: int) -
 def test_syn_with_ip_options_cannot_be_challenged_and_is_dropped(h: Harness) -> None:
     setup(h)
     assert h.run(syn4(options=[b"\x01\x01\x01\x00"])).reason == "syn_auth_failed"
+
+
+def test_a_fragmented_syn_is_authenticated_too(h: Harness) -> None:
+    # Issue 13 #8: a SYN in a first fragment was classed a fragment and skipped the
+    # challenge. No client fragments a SYN, and a fragment cannot be answered in place.
+    setup(h)
+    v4 = eth() / IP(src=CLI4, dst=SRV4, flags="MF") / TCP(sport=40000, dport=443, flags="S", seq=1000)
+    v6 = eth() / IPv6(src=CLI6, dst=SRV6) / IPv6ExtHdrFragment(m=1) / TCP(sport=40000, dport=443, flags="S")
+    assert str(h.run(v4)) == "drop/syn_auth_failed/fragment"
+    assert str(h.run(v6)) == "drop/syn_auth_failed/fragment"
+    # A verified source's fragments face the fragment limits, as any fragment does.
+    ack = Ether(h.run(syn4()).data)[TCP].ack
+    h.run(rst4(ack))
+    assert str(h.run(v4)) == "pass/passed/fragment"
 
 
 def test_verified_sources_stay_under_their_per_source_limit(h: Harness) -> None:
