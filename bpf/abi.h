@@ -18,7 +18,7 @@
 #ifndef FLOODGUARD_ABI_H
 #define FLOODGUARD_ABI_H
 
-#define FG_ABI_VERSION 1
+#define FG_ABI_VERSION 2
 
 /* Why a packet got its verdict. One counter per reason; these become the
  * `reason` label of floodguard_packets_total. */
@@ -88,6 +88,17 @@ enum fg_rule_action {
 /* (1U << 2) was "learn verified sources from calm-time handshakes", removed as
  * forgeable (issue 13): not reused while old pins may still carry it. */
 
+/* Token bucket settings (GCRA): a packet costs pkt_cost_ns of "time credit"
+ * and len * byte_cost_fp >> FG_BYTE_COST_SHIFT more; a source may run
+ * ahead of the clock by at most the tolerance (the burst). A cost of 0 means
+ * no limit in that dimension. */
+struct fg_rate {
+	__u64 pkt_cost_ns;
+	__u64 pkt_tolerance_ns;
+	__u64 byte_cost_fp;
+	__u64 byte_tolerance_ns;
+};
+
 /* A 128-bit key for the SYN challenge's keyed hash. */
 struct fg_key128 {
 	__u64 k0;
@@ -104,6 +115,8 @@ struct fg_config {
 	__u64 generation;          /* bumped by every apply; for `explain` and tests */
 	__u64 syn_verified_ttl_ns; /* how long a verified source stays verified */
 	struct fg_key128 syn_key[2]; /* SYN challenge keys: [0] current, [1] previous */
+	struct fg_rate challenge_total; /* cap on SYN challenges of all groups together: each group's
+	                                 * cap alone lets N groups aim N x theirs at one forged victim */
 };
 
 /* Per-interface slot for the counters (array of FG_IFSLOT_TABLE). */
@@ -160,17 +173,6 @@ struct fg_src_entry {
 	struct fg_src_record allow[FG_ORIGIN_MAX];
 };
 
-/* Token bucket settings (GCRA): a packet costs pkt_cost_ns of "time credit"
- * and len * byte_cost_fp >> FG_BYTE_COST_SHIFT more; a source may run
- * ahead of the clock by at most the tolerance (the burst). A cost of 0 means
- * no limit in that dimension. */
-struct fg_rate {
-	__u64 pkt_cost_ns;
-	__u64 pkt_tolerance_ns;
-	__u64 byte_cost_fp;
-	__u64 byte_tolerance_ns;
-};
-
 /* fg_group.flags */
 #define FG_GROUP_MONITOR     (1U << 0) /* count would-be drops for this group, pass them */
 #define FG_GROUP_TIGHT       (1U << 1) /* tight[] replaces base[] until tight_expires */
@@ -190,7 +192,8 @@ struct fg_group {
 	__u8  pad[3];
 };
 
-/* Per-group state the program writes (array, indexed like groups). */
+/* Per-group state the program writes (array, indexed like groups); also the
+ * state of fg_config.challenge_total (challenge_state, array of one). */
 struct fg_group_state {
 	__u64 challenge_tat;       /* GCRA state of fg_group.challenge (packets) */
 	__u64 pad;                 /* its byte dimension, unused */

@@ -336,6 +336,24 @@ static __always_inline void fg_verify(struct fg_ctx *c, struct fg_config *cfg)
 	}
 }
 
+/* Charge one challenge to its group's cap, then to the gateway's. The group
+ * comes first: a group over its own cap must not spend what the others share. */
+static __always_inline int fg_challenge_budget(struct fg_ctx *c, struct fg_config *cfg, struct fg_group *g)
+{
+	__u32 gid = c->group;
+	__u32 zero = 0;
+	struct fg_group_state *gs = group_state.lookup(&gid);
+	struct fg_group_state *all = challenge_state.lookup(&zero);
+
+	if (!gs || !all)
+		return 0;
+	if (!fg_rate_unlimited(&g->challenge) &&
+	    !fg_rate_charge(&gs->challenge_tat, &gs->pad, &g->challenge, fg_now(c), 60))
+		return 0;
+	return fg_rate_unlimited(&cfg->challenge_total) ||
+	       fg_rate_charge(&all->challenge_tat, &all->pad, &cfg->challenge_total, fg_now(c), 60);
+}
+
 /* SYN authentication (synauth.h explains the method). Returns 1 when it
  * decided the packet (c->reason and c->action set), 0 to go on. */
 static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, struct fg_config *cfg,
@@ -382,10 +400,7 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 		c->action = XDP_DROP;
 		return 1;
 	}
-	__u32 gid = c->group;
-	struct fg_group_state *gs = group_state.lookup(&gid);
-	if (!gs || (!fg_rate_unlimited(&g->challenge) &&
-		    !fg_rate_charge(&gs->challenge_tat, &gs->pad, &g->challenge, fg_now(c), 60))) {
+	if (!fg_challenge_budget(c, cfg, g)) {
 		c->reason = FG_REASON_SYN_CHALLENGE_LIMITED;
 		c->action = XDP_DROP;
 		return 1;

@@ -15,7 +15,7 @@
 #include "abi.h"
 
 #ifndef FG_PIN_DIR
-#error "FG_PIN_DIR must be set by the loader, e.g. -DFG_PIN_DIR=\"/sys/fs/bpf/floodguard/v1\""
+#error "FG_PIN_DIR must be set by the loader, e.g. -DFG_PIN_DIR=\"/sys/fs/bpf/floodguard/v2\""
 #endif
 #ifndef FG_MAX_SRC_ENTRIES
 #define FG_MAX_SRC_ENTRIES 262145 /* capacity.prefixes + 1: entry 0 means "none" */
@@ -80,6 +80,9 @@ BPF_TABLE_PINNED("array", __u32, struct fg_group, groups, FG_MAX_GROUPS, FG_PIN(
 /* Per-group state written by the program (SYN challenge budget). */
 BPF_TABLE_PINNED("array", __u32, struct fg_group_state, group_state, FG_MAX_GROUPS,
 		 FG_PIN("group_state"));
+
+/* The budget of fg_config.challenge_total, one entry. Program. */
+BPF_TABLE_PINNED("array", __u32, struct fg_group_state, challenge_state, 1, FG_PIN("challenge_state"));
 
 /* Mitigation rules, scanned in order up to fg_config.n_rules. Daemon (control loop). */
 BPF_TABLE_PINNED("array", __u32, struct fg_rule, rules, FG_MAX_RULES, FG_PIN("rules"));

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 IF_SLOTS = 16
 IFSLOT_TABLE = 256
@@ -179,19 +179,6 @@ class Key128(ct.Structure):
     _fields_ = [("k0", u64), ("k1", u64)]
 
 
-class Config(ct.Structure):
-    _fields_ = [
-        ("flags", u32),
-        ("sample_every", u32),
-        ("n_rules", u32),
-        ("v6_bucket_len", u32),
-        ("v6_bucket_mask", Addr),
-        ("generation", u64),
-        ("syn_verified_ttl_ns", u64),
-        ("syn_key", Key128 * 2),
-    ]
-
-
 class IfSlot(ct.Structure):
     _fields_ = [("ifindex", u32), ("slot", u32)]
 
@@ -226,6 +213,20 @@ class Rate(ct.Structure):
         ("pkt_tolerance_ns", u64),
         ("byte_cost_fp", u64),
         ("byte_tolerance_ns", u64),
+    ]
+
+
+class Config(ct.Structure):
+    _fields_ = [
+        ("flags", u32),
+        ("sample_every", u32),
+        ("n_rules", u32),
+        ("v6_bucket_len", u32),
+        ("v6_bucket_mask", Addr),
+        ("generation", u64),
+        ("syn_verified_ttl_ns", u64),
+        ("syn_key", Key128 * 2),
+        ("challenge_total", Rate),
     ]
 
 

@@ -19,6 +19,7 @@ class ConfigSpec:
     sample_every: int = 0
     v6_bucket_len: int = 64
     syn_verified_ttl_ns: int = 600 * NS
+    challenge_pps_total: int = 0  # SYN challenges of all groups together; 0 = no cap beyond each group's
 
 
 @dataclass(frozen=True)

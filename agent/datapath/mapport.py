@@ -54,6 +54,7 @@ class MapPort:
         self._generation = max(self._generation, int(cur.generation)) + 1
         c.generation = self._generation
         c.syn_verified_ttl_ns = spec.syn_verified_ttl_ns
+        c.challenge_total = make_rate(pps=spec.challenge_pps_total) if spec.challenge_pps_total else abi.Rate()
         keys = syn_keys if syn_keys is not None else [(k.k0, k.k1) for k in cur.syn_key]
         for i in range(2):
             c.syn_key[i].k0, c.syn_key[i].k1 = keys[i][0], keys[i][1]

@@ -132,6 +132,7 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
         sample_every=policy.detection.sample_every,
         v6_bucket_len=policy.limits.ipv6_prefix,
         syn_verified_ttl_ns=int(policy.syn_auth.verified_ttl * NS),
+        challenge_pps_total=policy.syn_auth.total_challenge_pps(),
     )
     _check_capacity(policy, destinations, bans, allows, watch)
     ordered = tuple(sorted(groups, key=lambda c: c.gid))

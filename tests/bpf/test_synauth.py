@@ -140,6 +140,19 @@ def test_challenges_are_capped_per_group(h: Harness) -> None:
     assert reasons[0] == "syn_challenged" and reasons[-1] == "syn_challenge_limited"
 
 
+def test_challenges_are_capped_for_all_groups_together(h: Harness) -> None:
+    # Issue 13 #16: N groups x challenge_pps of SYN-ACKs could be aimed at one forged
+    # victim; the gateway-wide cap bounds what it sends whatever the SYNs' targets.
+    setup(h, challenge_pps=100_000)
+    h.protect({"203.0.113.0/24": 1, "192.0.2.0/24": 2})
+    h.port.set_group(2, GroupSpec(syn_always=True, challenge_pps=100_000))
+    h.port.write_config(ConfigSpec(challenge_pps_total=1), syn_keys=[KEY_A, KEY_B])
+    to_group2 = eth() / IP(src=CLI4, dst="192.0.2.10") / TCP(sport=40000, dport=443, flags="S")
+    assert h.run(syn4()).reason == "syn_challenged"
+    assert h.run(to_group2).reason == "syn_challenge_limited"
+    assert h.run(syn4(sport=40001)).reason == "syn_challenge_limited"
+
+
 def test_monitor_counts_but_passes_the_syn_untouched(h: Harness) -> None:
     setup(h, monitor=True)
     pkt = syn4()
