@@ -2,8 +2,13 @@
 
 Never XDP_ABORTED, every packet counted exactly once under a known reason,
 and a packet whose source address can be parsed is never dropped when that
-source is allowlisted. The seed is printed so a failure can be replayed
-(FLOODGUARD_FUZZ_SEED=<seed>).
+source is allowlisted.
+
+Each test runs twice: with a fixed seed, so every run covers the same
+corpus and a regression shows up as a change in one known run, and with a
+random seed, so runs explore beyond it. Both seeds are printed; every random
+choice (junk bytes too) comes from the seeded generator, so a failure
+replays with FLOODGUARD_FUZZ_SEED=<seed>.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ import os
 import random
 import struct
 
+import pytest
 from harness import Harness, eth
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
@@ -23,6 +29,8 @@ from agent.contract import abi
 from agent.contract.specs import RuleSpec
 
 PACKETS_PER_PHASE = 20_000
+#: The fixed corpus seed: the same 20,000 packets every run.
+FIXED_SEED = 0x13F00D
 C = abi.TrafficClass
 
 
@@ -60,18 +68,18 @@ def mutate(rng: random.Random, pkt: bytes) -> bytes:
             if i < len(b):
                 b[i] = rng.choice([0, 1, 0x40, 0x45, 0x4F, 0x60, 0x81, 0x88, 0xA8, 0xFF, rng.randrange(256)])
         elif op == 3:  # insert a VLAN tag or junk after the MACs
-            b[12:12] = rng.choice([b"\x81\x00\x00\x05", b"\x88\xa8\x00\x07", os.urandom(4)])
+            b[12:12] = rng.choice([b"\x81\x00\x00\x05", b"\x88\xa8\x00\x07", rng.randbytes(4)])
         elif op == 4:  # random length field
             if len(b) > 18:
                 b[16:18] = struct.pack("!H", rng.randrange(65536))
         else:  # append junk
-            b += os.urandom(rng.randrange(64))
+            b += rng.randbytes(rng.randrange(64))
     return bytes(b)
 
 
 def generate(rng: random.Random, base: list[bytes]) -> bytes:
     if rng.random() < 0.1:
-        return bytes(12) + os.urandom(rng.randint(2, 200))
+        return bytes(12) + rng.randbytes(rng.randint(2, 200))
     return mutate(rng, rng.choice(base))
 
 
@@ -97,14 +105,26 @@ def source_parseable(pkt: bytes) -> bool:
     return False
 
 
-def seed() -> int:
-    s = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
-    print(f"fuzz seed {s} (replay with FLOODGUARD_FUZZ_SEED={s})")
+def seed(kind: str) -> int:
+    """The fixed seed, or a random one (FLOODGUARD_FUZZ_SEED replays a given one)."""
+    if kind == "fixed":
+        s = FIXED_SEED
+    else:
+        s = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
+    print(f"fuzz {kind} seed {s} (replay with FLOODGUARD_FUZZ_SEED={s})")
     return s
 
 
-def test_fuzz_every_packet_gets_one_known_verdict(h: Harness) -> None:
-    rng = random.Random(seed())
+def test_a_seed_replays_the_same_packets() -> None:
+    # The printed seed is only worth printing if it gives back the failing packets.
+    base = corpus()
+    runs = [[generate(rng, base) for _ in range(2000)] for rng in (random.Random(7), random.Random(7))]
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("kind", ["fixed", "random"])
+def test_fuzz_every_packet_gets_one_known_verdict(h: Harness, kind: str) -> None:
+    rng = random.Random(seed(kind))
     base = corpus()
     # Exercise every stage: a ban, a rule, protected groups with limits.
     h.ban("198.51.100.0/25")
@@ -125,8 +145,9 @@ def test_fuzz_every_packet_gets_one_known_verdict(h: Harness) -> None:
     assert after - before == PACKETS_PER_PHASE
 
 
-def test_fuzz_allowlisted_sources_are_never_dropped(h: Harness) -> None:
-    rng = random.Random(seed())
+@pytest.mark.parametrize("kind", ["fixed", "random"])
+def test_fuzz_allowlisted_sources_are_never_dropped(h: Harness, kind: str) -> None:
+    rng = random.Random(seed(kind))
     base = corpus()
     h.allow("0.0.0.0/0")
     h.allow("::/0")
