@@ -107,10 +107,8 @@ def source_parseable(pkt: bytes) -> bool:
 
 def seed(kind: str) -> int:
     """The fixed seed, or a random one (FLOODGUARD_FUZZ_SEED replays a given one)."""
-    if kind == "fixed":
-        s = FIXED_SEED
-    else:
-        s = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
+    replay = int(os.environ.get("FLOODGUARD_FUZZ_SEED", random.randrange(1 << 32)))
+    s = FIXED_SEED if kind == "fixed" else replay
     print(f"fuzz {kind} seed {s} (replay with FLOODGUARD_FUZZ_SEED={s})")
     return s
 
