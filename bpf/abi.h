@@ -34,8 +34,9 @@ enum fg_reason {
 	FG_REASON_SYN_CHALLENGED = 8,       /* unverified SYN answered with a challenge (XDP_TX) */
 	FG_REASON_SYN_CHALLENGE_LIMITED = 9,/* unverified SYN, challenge budget spent: dropped */
 	FG_REASON_SYN_VERIFIED = 10,        /* correct answer to a challenge: source verified, answer consumed */
-	FG_REASON_SYN_AUTH_FAILED = 11,     /* wrong answer to a challenge: dropped */
-	FG_REASON_MAX = 12,
+	FG_REASON_SYN_AUTH_FAILED = 11,     /* wrong answer to a challenge, or a SYN that cannot be challenged: dropped */
+	FG_REASON_MPLS = 12,                /* MPLS: passed unfiltered, counted apart from non-IP (parse.h says why) */
+	FG_REASON_MAX = 13,
 };
 
 /* Traffic classes: per-source limits, detection thresholds and counters are

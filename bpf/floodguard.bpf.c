@@ -417,7 +417,7 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 		goto fail;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (fg_build_challenge(data, data_end, c->p.l3_off, c->p.family, cookie))
+	if (fg_build_challenge(data, data_end, c->p.l3_off, c->p.family, c->p.pppoe, cookie))
 		goto fail;
 	return 1;
 fail:
@@ -448,9 +448,9 @@ int xdp_floodguard(struct xdp_md *ctx)
 	__u8 global_mon = (cfg->flags & FG_CFG_MONITOR) != 0;
 
 	int rc = fg_parse(data, data_end, &c->p);
-	if (rc == FG_PARSE_NON_IP) {
+	if (rc == FG_PARSE_NON_IP || rc == FG_PARSE_MPLS) {
 		c->p.class = FG_CLASS_NON_IP;
-		c->reason = FG_REASON_NON_IP;
+		c->reason = rc == FG_PARSE_MPLS ? FG_REASON_MPLS : FG_REASON_NON_IP;
 		goto out;
 	}
 	if (rc != FG_PARSE_OK) {

@@ -64,6 +64,7 @@ class Reason(enum.IntEnum):
     SYN_CHALLENGE_LIMITED = 9
     SYN_VERIFIED = 10
     SYN_AUTH_FAILED = 11
+    MPLS = 12
 
     @property
     def label(self) -> str:
@@ -97,6 +98,7 @@ FATE: Mapping[Reason, Fate] = {
     Reason.SYN_CHALLENGE_LIMITED: Fate.DROPPED,
     Reason.SYN_VERIFIED: Fate.CONSUMED,
     Reason.SYN_AUTH_FAILED: Fate.DROPPED,
+    Reason.MPLS: Fate.DELIVERED,
 }
 #: Reasons that discard the packet (the metrics' "dropped", the alert rules' regular expression).
 DROPPING = frozenset(r for r, f in FATE.items() if f is Fate.DROPPED)

@@ -20,9 +20,11 @@ import struct
 
 import pytest
 from harness import Harness, eth
+from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrDestOpt, IPv6ExtHdrFragment, IPv6ExtHdrHopByHop
-from scapy.layers.l2 import ARP, Dot1AD, Dot1Q
+from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 from agent.contract import abi
@@ -36,6 +38,7 @@ C = abi.TrafficClass
 
 def corpus() -> list[bytes]:
     l2 = [eth(), eth() / Dot1Q(vlan=5), eth() / Dot1AD(vlan=7) / Dot1Q(vlan=5)]
+    pppoe = [eth() / PPPoE(sessionid=9) / PPP(proto=0x0021), eth() / Dot1Q(vlan=5) / PPPoE() / PPP(proto=0x0057)]
     l3 = [
         IP(src="198.51.100.7", dst="203.0.113.10"),
         IP(src="198.51.100.7", dst="203.0.113.10", options=[b"\x01\x01\x01\x00"]),
@@ -46,11 +49,16 @@ def corpus() -> list[bytes]:
         IPv6(src="2001:db8:1::7", dst="2001:db8:2::10") / IPv6ExtHdrFragment(m=1),
     ]
     l4 = [UDP(sport=53, dport=4444), TCP(flags="S"), TCP(flags="A", options=[("MSS", 1460)]), ICMP(), Raw(b"")]
-    out = [bytes(eth() / ARP())]
+    out = [bytes(eth() / ARP()), bytes(Ether(type=0x8847) / MPLS(s=1) / l3[0] / UDP())]
     for a in l2:
         for b in l3:
             for c in l4:
                 out.append(bytes(a / b / c / Raw(b"payload-" * 4)))
+    # PPP says which IP it carries: IPv4 (0x0021) and IPv6 (0x0057) headers each under their own.
+    for b in l3:
+        a = pppoe[0] if b.version == 4 else pppoe[1]
+        for c in l4:
+            out.append(bytes(a / b / c / Raw(b"payload-" * 4)))
     return out
 
 
@@ -85,7 +93,9 @@ def generate(rng: random.Random, base: list[bytes]) -> bytes:
 
 def source_parseable(pkt: bytes) -> bool:
     """Reference for "the source address is known": Ethernet, at most two
-    VLAN tags, then a whole fixed IPv4 (version 4) or IPv6 (version 6) header."""
+    VLAN tags, optionally a PPPoE session header (version 1, type 1, code 0)
+    carrying PPP IPv4 or IPv6, then a whole fixed IPv4 (version 4) or IPv6
+    (version 6) header."""
     off = 12
     if len(pkt) < 14:
         return False
@@ -98,6 +108,11 @@ def source_parseable(pkt: bytes) -> bool:
             return False
         etype = struct.unpack_from("!H", pkt, off + 2)[0]
         off += 4
+    if etype == 0x8864:
+        if len(pkt) < off + 8 or pkt[off : off + 2] != b"\x11\x00":
+            return False
+        etype = {0x0021: 0x0800, 0x0057: 0x86DD}.get(struct.unpack_from("!H", pkt, off + 6)[0], 0)
+        off += 8
     if etype == 0x0800:
         return len(pkt) >= off + 20 and pkt[off] >> 4 == 4
     if etype == 0x86DD:
@@ -164,9 +179,10 @@ def test_fuzz_allowlisted_sources_are_never_dropped(h: Harness, kind: str) -> No
             assert res.retval in (abi.XDP_PASS, abi.XDP_DROP), pkt.hex()
     by_reason = h.port.read_stats()[..., 0].sum(axis=(0, 2, 3)) - before
     # Every packet with a parseable source was counted as allowlisted, every
-    # other one as malformed or non-IP, and nothing else happened.
+    # other one as malformed, non-IP or MPLS, and nothing else happened.
     assert by_reason[abi.Reason.ALLOWLISTED] == parseable
-    assert by_reason[abi.Reason.MALFORMED] + by_reason[abi.Reason.NON_IP] == PACKETS_PER_PHASE - parseable
+    unparsed = by_reason[abi.Reason.MALFORMED] + by_reason[abi.Reason.NON_IP] + by_reason[abi.Reason.MPLS]
+    assert unparsed == PACKETS_PER_PHASE - parseable
     assert by_reason.sum() == PACKETS_PER_PHASE
     # The mutations reach both sides of the check.
     assert parseable > PACKETS_PER_PHASE // 4

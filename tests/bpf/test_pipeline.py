@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from harness import Harness, eth, now_ns
+from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -24,6 +25,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 from agent.contract import abi
@@ -113,6 +115,19 @@ PARSE_CASES = [
     Case("QinQ, IPv6 TCP SYN",
          eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
          "pass/passed/tcp_syn"),
+    # Issue 13 #9: PPPoE and MPLS passed as non-IP, unfiltered and uncounted as such.
+    Case("PPPoE session, IPv4 UDP",
+         eth() / PPPoE(sessionid=7) / PPP(proto=0x0021) / IP(src=SRC4, dst=DST4) / UDP() / PAY,
+         "pass/passed/udp"),
+    Case("QinQ, PPPoE session, IPv6 TCP SYN",
+         eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / PPPoE(sessionid=7) / PPP(proto=0x0057)
+         / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
+         "pass/passed/tcp_syn"),
+    Case("PPPoE session, LCP is not IP", eth() / PPPoE(sessionid=7) / PPP(proto=0xC021) / PAY,
+         "pass/non_ip/non_ip"),
+    Case("PPPoE discovery is not IP", Ether(type=0x8863) / PAY, "pass/non_ip/non_ip"),
+    Case("MPLS is counted under its own reason",
+         Ether(type=0x8847) / MPLS(label=100, s=1) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/mpls/non_ip"),
     Case("ARP passes", eth() / ARP(), "pass/non_ip/non_ip"),
     Case("LLDP passes", Ether(type=0x88CC) / PAY, "pass/non_ip/non_ip"),
 ]
@@ -120,6 +135,9 @@ PARSE_CASES = [
 MALFORMED_CASES = [
     Case("Ethernet header alone, IPv4 ethertype", cut(e4() / UDP(), 14), "drop/malformed/other"),
     Case("truncated VLAN tag", cut(eth() / Dot1Q() / IP(), 16), "drop/malformed/other"),
+    Case("PPPoE session header cut short", cut(eth() / PPPoE() / PPP() / IP(), 14 + 6), "drop/malformed/other"),
+    Case("PPPoE version 2 is no session frame", eth() / PPPoE(version=2) / PPP(proto=0x0021) / IP() / UDP(),
+         "drop/malformed/other"),
     Case("three VLAN tags", eth() / Dot1AD() / Dot1Q() / Dot1Q() / IP(src=SRC4, dst=DST4) / UDP(),
          "drop/malformed/other"),
     Case("truncated IPv4 header", cut(e4() / UDP(), 14 + 12), "drop/malformed/other"),

@@ -11,6 +11,7 @@ from harness import Harness, eth, now_ns
 from scapy.layers.inet import IP, TCP
 from scapy.layers.inet6 import IPv6, IPv6ExtHdrFragment
 from scapy.layers.l2 import Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
 
 from agent.contract import abi
 from agent.contract.rates import make_rate
@@ -183,6 +184,20 @@ def test_a_forged_calm_time_handshake_verifies_nobody(h: Harness, ack_no: int) -
     h.port.set_syn_auth(1, now_ns() + 60 * 10**9)
     assert h.run(syn4()).reason == "syn_challenged"
     assert h.run(syn6()).reason == "syn_challenged"
+
+
+def test_a_syn_over_pppoe_is_challenged_in_its_session(h: Harness) -> None:
+    setup(h)
+    h.ban("198.51.100.66/32")
+    inner = IP(src=CLI4, dst=SRV4) / TCP(sport=40000, dport=443, flags="S", seq=1000, options=[("MSS", 1452)])
+    pkt = eth() / PPPoE(sessionid=0x1234) / PPP(proto=0x0021) / inner
+    v = h.run(pkt)
+    assert (v.action, v.reason) == ("tx", "syn_challenged")
+    out = Ether(v.data)
+    assert out[PPPoE].sessionid == 0x1234 and out[PPPoE].len == 2 + 40, "the length covers what is left"
+    assert out[TCP].ack == cookie(KEY_A, CLI4, SRV4, 40000, 443) and valid_checksums(out)
+    banned = eth() / PPPoE(sessionid=0x1234) / PPP(proto=0x0021) / IP(src="198.51.100.66", dst=SRV4) / TCP()
+    assert h.run(banned).reason == "banned", "a PPPoE source is filtered like any other"
 
 
 def test_syn_with_ip_options_cannot_be_challenged_and_is_dropped(h: Harness) -> None:
