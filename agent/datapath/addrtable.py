@@ -545,6 +545,10 @@ class AddressTable:
         self._transaction(now, write)
         return n
 
+    def rollback(self, now: int) -> None:
+        """Undo the edits since the last commit (a caller that gives up before committing)."""
+        self._rollback(now)
+
     def _transaction(self, now: int, write: Callable[[], None]) -> None:
         try:
             write()
