@@ -140,13 +140,14 @@ def merge(records: Iterable[Record], now: int) -> SrcState:
 class _Inflight:
     """What a commit changed in the model while planning, to put back if it fails."""
 
-    __slots__ = ("allocated", "perm", "popped", "wrote")
+    __slots__ = ("allocated", "perm", "popped", "released", "wrote")
 
     def __init__(self) -> None:
         self.popped: list[tuple[PrefixKey, _Entry]] = []  # empty entries taken out of the model
         self.allocated: list[_Entry] = []  # entries given a slot in src_entries
         self.perm: dict[int, bool] = {}  # entry -> was it a permanent ban before
         self.wrote = False  # whether a kernel write had begun
+        self.released = False  # whether the slots of the popped entries went back to the free list
 
 
 class _Lengths:
@@ -577,6 +578,11 @@ class AddressTable:
             for key, ent in fl.popped:
                 self.src[key] = ent
                 self._index(key, SRC)
+            if fl.released:
+                # Their slots went back to the free list: take them out again, or
+                # two prefixes would one day share a slot.
+                back = {ent.idx for _key, ent in fl.popped if ent.idx}
+                self._free = [i for i in self._free if i not in back]
             if not wrote:
                 for ent in fl.allocated:
                     self._free.append(ent.idx)
@@ -684,6 +690,7 @@ class AddressTable:
         if freed:
             self._rows[np.array(freed, dtype=np.int64)] = np.zeros(1, dtype=_ENTRY_DTYPE)
             self._free.extend(freed)
+            fl.released = True
 
     # --- entries -----------------------------------------------------------
 
