@@ -23,6 +23,6 @@ def check_ttl(seconds: float, what: str = "--ttl") -> float:
     if not seconds > 0:  # also refuses NaN
         raise ValueError(f"{what} must be positive (or omit it for a permanent ban), not {seconds}")
     if seconds > MAX_TTL:
-        raise ValueError(f"{what} {seconds:g} s is longer than a year ({MAX_TTL} s): use a shorter one, "
+        raise ValueError(f"{what} ({seconds:g} s) is longer than a year ({MAX_TTL} s): use a shorter one, "
                          f"or omit it for a permanent ban")
     return seconds
