@@ -593,8 +593,8 @@ class AddressTable:
         for slot, old in undo.items():
             self._put_back(slot, old)
         for key in {slot[1] for slot in undo}:
-            ent = self.src.get(key)
-            if ent is not None and ent.empty() and ent.idx == 0:  # created since the last commit
+            made = self.src.get(key)
+            if made is not None and made.empty() and made.idx == 0:  # created since the last commit
                 del self.src[key]
                 self._unindex(key, SRC)
         self._dirty = set()
