@@ -376,15 +376,25 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    from agent.daemon.api import ClientError, RequestError, call
+    from agent.daemon.api import AgentNotRunningError, ClientError, RequestError, call
+    from agent.daemon.instance import holder, lock_path
 
+    path = _socket_path(args)
     try:
-        res = call(_socket_path(args), "detach")
-    except ClientError:
+        res = call(path, "detach")
+    except AgentNotRunningError:
+        # Removing pins under a live agent leaves it writing maps nothing enforces: ask its lock first.
+        pid = holder(lock_path(path))
+        if pid is not None:
+            raise CliError(f"floodguard is still running (pid {pid or 'unknown'}) but nothing answers on {path}: "
+                           f"nothing was removed; stop it (`systemctl stop floodguard`), then detach again") from None
         # No daemon: remove the program from the interfaces and the pins directly.
         from agent import daemon
 
         res = daemon.detach_everything(args.config if args.config else None, args.pin_root, args.interface or [])
+    except ClientError as e:
+        raise CliError(f"{e}: the agent still runs, so nothing was removed; try again, or stop it "
+                       f"(`systemctl stop floodguard`) and detach again") from None
     except RequestError as e:
         raise CliError(str(e)) from None
     if args.json:
