@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 
 from agent import cli
 from agent.daemon import api
@@ -27,6 +28,14 @@ class Socket:
         if isinstance(got, Exception):
             raise got
         return got
+
+
+@pytest.fixture(autouse=True)
+def _logging_restored() -> Iterator[None]:
+    """cli.main configures structlog for a command's process: give the next tests theirs back."""
+    before = structlog.get_config()
+    yield
+    structlog.configure(**before)
 
 
 @pytest.fixture
