@@ -298,10 +298,14 @@ def run_scenario(
         link0 = link.stats() if link is not None else {}
         cpu0 = _cpu_times()
         stack.callback(flood.stop)
-        flood.start()
+        # The flood window opens before the first lane can send: a probe started in the instant
+        # between would otherwise count as calm and fail.
         f0 = phase("flood")
+        flood.start()
         time.sleep(max(0.0, f0 + duration - time.monotonic()))
-        report = flood.stop()
+        # The last lanes started up to a second after the first: wait (briefly) for their last
+        # packets instead of cutting them off, so the flood sends exactly its count.
+        report = flood.wait(timeout=2.0)
         f1 = phase("flood_stopped")
         cpu1 = _cpu_times()
         gw1, srv1 = gw.read(), srv.read()

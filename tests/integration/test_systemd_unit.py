@@ -307,8 +307,10 @@ r xdp "$(ip -o link show host0 | grep -o 'prog/xdp id [0-9]* name [a-z_]*' | sed
 r socket "$(stat -c '%A %G' /run/floodguard/control.sock)"
 r state_dir "$(stat -c '%a' /var/lib/floodguard)"
 r cli "$(FG status >/dev/null 2>&1 && echo ok || echo failed)"
-systemctl reload floodguard && sleep 1
-r reload "$? $(show StatusText)"
+# SIGHUP's reload is asynchronous: wait (up to 10 s) for the status it ends with, not a fixed second.
+systemctl reload floodguard; rc=$?
+for _ in $(seq 40); do [ "$(show StatusText)" = "policy reloaded" ] && break; sleep 0.25; done
+r reload "$rc $(show StatusText)"
 cp /etc/floodguard/policy.yaml /fgout/good.yaml
 printf 'interfaces: [oops\n' > /etc/floodguard/policy.yaml
 systemctl reload floodguard; r bad_reload "$? $(show ActiveState) $(show MainPID | sed "s/^$pid$/same-pid/")"

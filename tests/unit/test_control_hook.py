@@ -112,9 +112,12 @@ def test_a_slow_hook_is_killed_at_its_timeout_with_its_children(
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
         "time.sleep(600)\n",
     )
-    r = runner_factory(hook, timeout_s=0.5)
+    # The timeout is long enough for the hook to start its child and say so on any machine; the test
+    # waits for that first, so what it then decides is the kill, not a race with Python's start-up.
+    r = runner_factory(hook, timeout_s=3.0)
     with capture_logs() as logs:
         r.submit({"event": "attack_started", "id": "a1"})
+        wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the hook never started its child")
         wait_for(lambda: r.failed == 1, "the timeout was not counted")
     assert [e["event"] for e in logs] == ["hook_timeout"]
     for pid in map(int, pids.read_text().split()):
