@@ -165,7 +165,9 @@ def test_the_controller_hands_started_and_ended_attacks_to_the_hook(tmp_path: Pa
     hook = script(
         tmp_path / "hook",
         "import json, os, sys\n"
-        f"d = json.load(sys.stdin)\nopen(os.path.join({str(out)!r}, d['event']), 'w').write(json.dumps(d))\n",
+        # written aside then renamed: the test sees each file whole or not at all
+        f"d = json.load(sys.stdin)\np = os.path.join({str(out)!r}, d['event'])\n"
+        "open(p + '.tmp', 'w').write(json.dumps(d))\nos.replace(p + '.tmp', p)\n",
     )
     sc = Scenario.build(_policy(hook))
     try:
