@@ -237,16 +237,18 @@ def _bans(args: argparse.Namespace) -> int:
 def _duration(text: str | None) -> float | None:
     if text is None:
         return None
+    from agent.contract.clock import check_ttl
     from agent.policy._units import parse_duration
 
     try:
-        return float(parse_duration(text))
+        return check_ttl(float(parse_duration(text)), f"--ttl {text}")
     except ValueError as e:
-        raise CliError(f"--ttl {text}: {e}") from None
+        raise CliError(str(e) if str(e).startswith("--ttl") else f"--ttl {text}: {e}") from None
 
 
 def _ban(args: argparse.Namespace) -> int:
-    res = _call(args, "ban", prefix=args.prefix, ttl=_duration(args.ttl), reason=args.reason)
+    res = _call(args, "ban", prefix=args.prefix, ttl=_duration(args.ttl), reason=args.reason,
+                force=args.force or None)  # sent only when given: an older agent does not know it
     if args.json:
         _print_json(res)
         return 0
@@ -378,15 +380,25 @@ def _reload(args: argparse.Namespace) -> int:
 
 
 def _detach(args: argparse.Namespace) -> int:
-    from agent.daemon.api import ClientError, RequestError, call
+    from agent.daemon.api import AgentNotRunningError, ClientError, RequestError, call
+    from agent.daemon.instance import holder, lock_path
 
+    path = _socket_path(args)
     try:
-        res = call(_socket_path(args), "detach")
-    except ClientError:
+        res = call(path, "detach")
+    except AgentNotRunningError:
+        # Removing pins under a live agent leaves it writing maps nothing enforces: ask its lock first.
+        pid = holder(lock_path(path))
+        if pid is not None:
+            raise CliError(f"floodguard is still running (pid {pid or 'unknown'}) but nothing answers on {path}: "
+                           f"nothing was removed; stop it (`systemctl stop floodguard`), then detach again") from None
         # No daemon: remove the program from the interfaces and the pins directly.
         from agent import daemon
 
         res = daemon.detach_everything(args.config if args.config else None, args.pin_root, args.interface or [])
+    except ClientError as e:
+        raise CliError(f"{e}: the agent still runs, so nothing was removed; try again, or stop it "
+                       f"(`systemctl stop floodguard`) and detach again") from None
     except RequestError as e:
         raise CliError(str(e)) from None
     if args.json:
@@ -482,7 +494,9 @@ def build_parser() -> argparse.ArgumentParser:
                "Ban PREFIX (an address or a prefix) as the operator. Returns once the ban is in the kernel.")
     c.add_argument("prefix", help="e.g. 198.51.100.7 or 198.51.100.0/24 or 2001:db8::/48")
     c.add_argument("--ttl", help="how long, e.g. 30s, 10m, 2h, 1d (default: permanent)")
-    c.add_argument("--reason", help="why, shown by `floodguard bans`")
+    c.add_argument("--reason", help="why, shown by `floodguard bans` (at most 200 characters)")
+    c.add_argument("--force", action="store_true",
+                   help="ban even 0.0.0.0/0, ::/0 or a prefix overlapping the policy's infrastructure")
     c = client("unban", "remove an operator or automatic ban", _unban)
     c.add_argument("prefix", help="exactly as banned, e.g. 198.51.100.7/32")
     c = client("explain", "what applies to an address, and its counters", _explain)

@@ -18,7 +18,7 @@
 #ifndef FLOODGUARD_ABI_H
 #define FLOODGUARD_ABI_H
 
-#define FG_ABI_VERSION 1
+#define FG_ABI_VERSION 2
 
 /* Why a packet got its verdict. One counter per reason; these become the
  * `reason` label of floodguard_packets_total. */
@@ -34,8 +34,9 @@ enum fg_reason {
 	FG_REASON_SYN_CHALLENGED = 8,       /* unverified SYN answered with a challenge (XDP_TX) */
 	FG_REASON_SYN_CHALLENGE_LIMITED = 9,/* unverified SYN, challenge budget spent: dropped */
 	FG_REASON_SYN_VERIFIED = 10,        /* correct answer to a challenge: source verified, answer consumed */
-	FG_REASON_SYN_AUTH_FAILED = 11,     /* wrong answer to a challenge: dropped */
-	FG_REASON_MAX = 12,
+	FG_REASON_SYN_AUTH_FAILED = 11,     /* wrong answer to a challenge, or a SYN that cannot be challenged: dropped */
+	FG_REASON_MPLS = 12,                /* MPLS: passed unfiltered, counted apart from non-IP (parse.h says why) */
+	FG_REASON_MAX = 13,
 };
 
 /* Traffic classes: per-source limits, detection thresholds and counters are
@@ -85,7 +86,19 @@ enum fg_rule_action {
 /* fg_config.flags */
 #define FG_CFG_MONITOR        (1U << 0) /* global monitor: count would-be drops, pass them */
 #define FG_CFG_MALFORMED_PASS (1U << 1) /* pass malformed packets (default: drop) */
-#define FG_CFG_SYN_LEARN      (1U << 2) /* learn verified sources from handshakes seen in calm times */
+/* (1U << 2) was "learn verified sources from calm-time handshakes", removed as
+ * forgeable (issue 13): not reused while old pins may still carry it. */
+
+/* Token bucket settings (GCRA): a packet costs pkt_cost_ns of "time credit"
+ * and len * byte_cost_fp >> FG_BYTE_COST_SHIFT more; a source may run
+ * ahead of the clock by at most the tolerance (the burst). A cost of 0 means
+ * no limit in that dimension. */
+struct fg_rate {
+	__u64 pkt_cost_ns;
+	__u64 pkt_tolerance_ns;
+	__u64 byte_cost_fp;
+	__u64 byte_tolerance_ns;
+};
 
 /* A 128-bit key for the SYN challenge's keyed hash. */
 struct fg_key128 {
@@ -103,6 +116,8 @@ struct fg_config {
 	__u64 generation;          /* bumped by every apply; for `explain` and tests */
 	__u64 syn_verified_ttl_ns; /* how long a verified source stays verified */
 	struct fg_key128 syn_key[2]; /* SYN challenge keys: [0] current, [1] previous */
+	struct fg_rate challenge_total; /* cap on SYN challenges of all groups together: each group's
+	                                 * cap alone lets N groups aim N x theirs at one forged victim */
 };
 
 /* Per-interface slot for the counters (array of FG_IFSLOT_TABLE). */
@@ -159,23 +174,12 @@ struct fg_src_entry {
 	struct fg_src_record allow[FG_ORIGIN_MAX];
 };
 
-/* Token bucket settings (GCRA): a packet costs pkt_cost_ns of "time credit"
- * and len * byte_cost_fp >> FG_BYTE_COST_SHIFT more; a source may run
- * ahead of the clock by at most the tolerance (the burst). A cost of 0 means
- * no limit in that dimension. */
-struct fg_rate {
-	__u64 pkt_cost_ns;
-	__u64 pkt_tolerance_ns;
-	__u64 byte_cost_fp;
-	__u64 byte_tolerance_ns;
-};
-
 /* fg_group.flags */
 #define FG_GROUP_MONITOR     (1U << 0) /* count would-be drops for this group, pass them */
 #define FG_GROUP_TIGHT       (1U << 1) /* tight[] replaces base[] until tight_expires */
 #define FG_GROUP_SYN_AUTH    (1U << 2) /* challenge unverified SYNs until syn_auth_expires */
 #define FG_GROUP_SYN_ALWAYS  (1U << 3) /* challenge unverified SYNs always */
-#define FG_GROUP_SYN_LEARN   (1U << 4) /* SYN auth configured: learn verified sources in calm times */
+/* (1U << 4) was SYN learning in calm times: removed as forgeable, not reused. */
 
 /* A protected group (array; group 0 = everything not protected). */
 struct fg_group {
@@ -189,7 +193,8 @@ struct fg_group {
 	__u8  pad[3];
 };
 
-/* Per-group state the program writes (array, indexed like groups). */
+/* Per-group state the program writes (array, indexed like groups); also the
+ * state of fg_config.challenge_total (challenge_state, array of one). */
 struct fg_group_state {
 	__u64 challenge_tat;       /* GCRA state of fg_group.challenge (packets) */
 	__u64 pad;                 /* its byte dimension, unused */

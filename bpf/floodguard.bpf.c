@@ -336,6 +336,24 @@ static __always_inline void fg_verify(struct fg_ctx *c, struct fg_config *cfg)
 	}
 }
 
+/* Charge one challenge to its group's cap, then to the gateway's. The group
+ * comes first: a group over its own cap must not spend what the others share. */
+static __always_inline int fg_challenge_budget(struct fg_ctx *c, struct fg_config *cfg, struct fg_group *g)
+{
+	__u32 gid = c->group;
+	__u32 zero = 0;
+	struct fg_group_state *gs = group_state.lookup(&gid);
+	struct fg_group_state *all = challenge_state.lookup(&zero);
+
+	if (!gs || !all)
+		return 0;
+	if (!fg_rate_unlimited(&g->challenge) &&
+	    !fg_rate_charge(&gs->challenge_tat, &gs->pad, &g->challenge, fg_now(c), 60))
+		return 0;
+	return fg_rate_unlimited(&cfg->challenge_total) ||
+	       fg_rate_charge(&all->challenge_tat, &all->pad, &cfg->challenge_total, fg_now(c), 60);
+}
+
 /* SYN authentication (synauth.h explains the method). Returns 1 when it
  * decided the packet (c->reason and c->action set), 0 to go on. */
 static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, struct fg_config *cfg,
@@ -345,24 +363,10 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 	int active = (g->flags & FG_GROUP_SYN_ALWAYS) ||
 		     ((g->flags & FG_GROUP_SYN_AUTH) && fg_live(c, g->syn_auth_expires));
 
-	if (!active) {
-		/* Calm times: a source that completes a handshake (its pure ACK
-		 * follows a SYN that created its SYN bucket) is a real stack. */
-		if (!(g->flags & FG_GROUP_SYN_LEARN) || !(cfg->flags & FG_CFG_SYN_LEARN) ||
-		    (flags & (FG_TCP_SYN | FG_TCP_RST | FG_TCP_FIN | FG_TCP_ACK)) != FG_TCP_ACK)
-			return 0;
-		void *syn_seen;
-		if (c->p.family == 4) {
-			struct fg_bucket_key4 bk = { .addr = c->p.src[0], .group = c->group, .class = FG_CLASS_TCP_SYN };
-			syn_seen = buckets4.lookup(&bk);
-		} else {
-			struct fg_bucket_key6 bk = fg_bucket_key6(c, cfg, FG_CLASS_TCP_SYN);
-			syn_seen = buckets6.lookup(&bk);
-		}
-		if (syn_seen && !fg_verified(c))
-			fg_verify(c, cfg);
+	/* No learning in calm times: a SYN then an ACK is all an observer sees
+	 * of a handshake, and a forger sends both. Only a challenge verifies. */
+	if (!active)
 		return 0;
-	}
 
 	if ((flags & (FG_TCP_RST | FG_TCP_ACK)) == FG_TCP_RST) {
 		/* A bare RST: the answer to a challenge, or a forgery. */
@@ -382,22 +386,21 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 		return 1;
 	}
 
-	if (c->p.class != FG_CLASS_TCP_SYN || fg_verified(c))
+	/* By its flags, not its class: a SYN in a first fragment is classed a
+	 * fragment and must not slip past as one (later ones carry no flags). */
+	if ((flags & (FG_TCP_SYN | FG_TCP_ACK)) != FG_TCP_SYN || fg_verified(c))
 		return 0;
 
 	c->monitor = group_mon;
 	__u32 hdrs = c->p.l3_off + (c->p.family == 4 ? 20 : 40);
-	if (c->p.l4_off != hdrs) {
-		/* IP options or IPv6 extension headers: no legitimate client
-		 * needs them on a SYN, and the challenge cannot be built in place. */
+	if (c->p.l4_off != hdrs || c->p.frag) {
+		/* IP options, IPv6 extension headers or a fragment: no legitimate
+		 * client needs them on a SYN, and the challenge cannot be built in place. */
 		c->reason = FG_REASON_SYN_AUTH_FAILED;
 		c->action = XDP_DROP;
 		return 1;
 	}
-	__u32 gid = c->group;
-	struct fg_group_state *gs = group_state.lookup(&gid);
-	if (!gs || (!fg_rate_unlimited(&g->challenge) &&
-		    !fg_rate_charge(&gs->challenge_tat, &gs->pad, &g->challenge, fg_now(c), 60))) {
+	if (!fg_challenge_budget(c, cfg, g)) {
 		c->reason = FG_REASON_SYN_CHALLENGE_LIMITED;
 		c->action = XDP_DROP;
 		return 1;
@@ -414,7 +417,7 @@ static __always_inline int fg_synauth(struct xdp_md *ctx, struct fg_ctx *c, stru
 		goto fail;
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	if (fg_build_challenge(data, data_end, c->p.l3_off, c->p.family, cookie))
+	if (fg_build_challenge(data, data_end, c->p.l3_off, c->p.family, c->p.pppoe, cookie))
 		goto fail;
 	return 1;
 fail:
@@ -445,9 +448,9 @@ int xdp_floodguard(struct xdp_md *ctx)
 	__u8 global_mon = (cfg->flags & FG_CFG_MONITOR) != 0;
 
 	int rc = fg_parse(data, data_end, &c->p);
-	if (rc == FG_PARSE_NON_IP) {
+	if (rc == FG_PARSE_NON_IP || rc == FG_PARSE_MPLS) {
 		c->p.class = FG_CLASS_NON_IP;
-		c->reason = FG_REASON_NON_IP;
+		c->reason = rc == FG_PARSE_MPLS ? FG_REASON_MPLS : FG_REASON_NON_IP;
 		goto out;
 	}
 	if (rc != FG_PARSE_OK) {
@@ -517,7 +520,7 @@ int xdp_floodguard(struct xdp_md *ctx)
 
 	__u8 group_mon = global_mon || (grp->flags & FG_GROUP_MONITOR);
 
-	if (c->p.proto == IPPROTO_TCP && grp->flags & (FG_GROUP_SYN_AUTH | FG_GROUP_SYN_ALWAYS | FG_GROUP_SYN_LEARN) &&
+	if (c->p.proto == IPPROTO_TCP && grp->flags & (FG_GROUP_SYN_AUTH | FG_GROUP_SYN_ALWAYS) &&
 	    fg_synauth(ctx, c, cfg, grp, group_mon))
 		goto out;
 

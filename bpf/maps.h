@@ -15,7 +15,7 @@
 #include "abi.h"
 
 #ifndef FG_PIN_DIR
-#error "FG_PIN_DIR must be set by the loader, e.g. -DFG_PIN_DIR=\"/sys/fs/bpf/floodguard/v1\""
+#error "FG_PIN_DIR must be set by the loader, e.g. -DFG_PIN_DIR=\"/sys/fs/bpf/floodguard/v2\""
 #endif
 #ifndef FG_MAX_SRC_ENTRIES
 #define FG_MAX_SRC_ENTRIES 262145 /* capacity.prefixes + 1: entry 0 means "none" */
@@ -81,6 +81,9 @@ BPF_TABLE_PINNED("array", __u32, struct fg_group, groups, FG_MAX_GROUPS, FG_PIN(
 BPF_TABLE_PINNED("array", __u32, struct fg_group_state, group_state, FG_MAX_GROUPS,
 		 FG_PIN("group_state"));
 
+/* The budget of fg_config.challenge_total, one entry. Program. */
+BPF_TABLE_PINNED("array", __u32, struct fg_group_state, challenge_state, 1, FG_PIN("challenge_state"));
+
 /* Mitigation rules, scanned in order up to fg_config.n_rules. Daemon (control loop). */
 BPF_TABLE_PINNED("array", __u32, struct fg_rule, rules, FG_MAX_RULES, FG_PIN("rules"));
 
@@ -112,7 +115,7 @@ BPF_TABLE_PINNED("lru_percpu_hash", struct fg_dst_key, struct fg_dst_counter, ds
 /* Packets matched by each rule. Program. */
 BPF_TABLE_PINNED("percpu_array", __u32, struct fg_counter, rule_stats, FG_MAX_RULES, FG_PIN("rule_stats"));
 
-/* Sources that answered a SYN challenge, or completed a handshake in calm times. Program. */
+/* Sources that answered a SYN challenge, until verified_ttl. Program. */
 BPF_TABLE_PINNED("lru_hash", __u32, struct fg_verified, verified4, FG_MAX_VERIFIED, FG_PIN("verified4"));
 BPF_TABLE_PINNED("lru_hash", struct fg_verified_key6, struct fg_verified, verified6, FG_MAX_VERIFIED,
 		 FG_PIN("verified6"));

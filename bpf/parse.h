@@ -36,6 +36,12 @@
 #define FG_ETH_P_8021AD 0x88A8
 #define FG_ETH_P_IP     0x0800
 #define FG_ETH_P_IPV6   0x86DD
+#define FG_ETH_P_PPPOE  0x8864  /* PPPoE session stage (discovery, 0x8863, is not IP) */
+#define FG_ETH_P_MPLS   0x8847
+#define FG_ETH_P_MPLSM  0x8848  /* multicast MPLS */
+
+#define FG_PPP_IP   0x0021
+#define FG_PPP_IPV6 0x0057
 
 #define FG_IP_MF     0x2000
 #define FG_IP_OFFSET 0x1FFF
@@ -52,6 +58,7 @@ enum fg_parse {
 	FG_PARSE_OK = 0,        /* source known; fg_pkt.malformed may still be set */
 	FG_PARSE_NON_IP,        /* not IPv4/IPv6 (ARP, LLDP, ...) */
 	FG_PARSE_MALFORMED,     /* broken before the source address */
+	FG_PARSE_MPLS,          /* MPLS: not opened (see fg_parse_eth) */
 };
 
 /* Where parsing failed after the source address was read (fg_pkt.malformed). */
@@ -88,6 +95,7 @@ struct fg_pkt {
 	__u8  class;            /* enum fg_class */
 	__u8  frag;             /* enum fg_frag */
 	__u8  malformed;        /* enum fg_malformed */
+	__u8  pppoe;            /* IP inside a PPPoE session: 8 bytes between the link and IP headers */
 };
 
 /* Ethernet and up to two VLAN tags (802.1Q, 802.1ad in any order). A third
@@ -114,6 +122,23 @@ static __always_inline int fg_parse_eth(struct fg_cursor *c, __u16 *proto)
 	if (p == FG_ETH_P_8021Q || p == FG_ETH_P_8021AD)
 		return -1;
 	*proto = p;
+	return 0;
+}
+
+/* PPPoE session header (version/type, code, session id, length) and the PPP
+ * protocol: IPv4 and IPv6 go on to be parsed and filtered like any other IP;
+ * PPP's own control protocols (LCP, IPCP, ...) are not IP. A header that is
+ * not version 1, type 1, code 0 is no session frame a PPPoE peer accepts. */
+static __always_inline int fg_parse_pppoe(struct fg_cursor *c, __u16 *proto)
+{
+	__u8 *h = c->pos;
+	if ((void *)(h + 8) > c->end)
+		return -1;
+	if (h[0] != 0x11 || h[1] != 0)
+		return -1;
+	__u16 ppp = fg_ntohs(*(__u16 *)(h + 6));
+	c->pos = h + 8;
+	*proto = ppp == FG_PPP_IP ? FG_ETH_P_IP : ppp == FG_PPP_IPV6 ? FG_ETH_P_IPV6 : 0;
 	return 0;
 }
 
@@ -145,6 +170,11 @@ static __always_inline int fg_parse_ipv4(struct fg_cursor *c, struct fg_pkt *p)
 		p->frag = FG_FRAG_LATER;
 	else if (frag & FG_IP_MF)
 		p->frag = FG_FRAG_FIRST;
+	/* RFC 1858: a TCP fragment at offset 8 bytes overwrites the flags of the
+	 * first one on reassembly (an ACK here, a SYN at the server). No sender
+	 * needs it: the smallest MTU leaves a first fragment 40 bytes. */
+	if ((frag & FG_IP_OFFSET) == 1 && ip->protocol == IPPROTO_TCP)
+		p->malformed = FG_MAL_L4;
 	c->pos += hlen;
 	return FG_PARSE_OK;
 }
@@ -187,12 +217,17 @@ static __always_inline int fg_parse_ipv6(struct fg_cursor *c, struct fg_pkt *p)
 				goto bad;
 			next = h[0];
 			__u16 off = fg_ntohs(*(__u16 *)(h + 2));
-			if (off & 0xFFF8)
+			c->pos += 8;
+			if (off & 0xFFF8) {
+				/* What follows is the middle of a payload: its bytes
+				 * are not headers, whatever next says. */
 				p->frag = FG_FRAG_LATER;
-			else if (off & 1)
+				p->proto = next;
+				return FG_PARSE_OK;
+			}
+			if (off & 1)
 				p->frag = FG_FRAG_FIRST;
 			/* An atomic fragment (offset 0, M clear) carries a whole packet. */
-			c->pos += 8;
 		} else {
 			p->proto = next;
 			if (c->pos > c->end)
@@ -283,6 +318,17 @@ static __always_inline int fg_parse(void *data, void *data_end, struct fg_pkt *p
 
 	if (fg_parse_eth(&c, &proto) < 0)
 		return FG_PARSE_MALFORMED;
+	/* XXX: MPLS is counted, not opened. The label stack does not say what it
+	 * carries (the control plane does): guessing IP from the first nibble
+	 * misreads Ethernet pseudowires, and a challenge sent back down the same
+	 * labels would go the wrong way. */
+	if (proto == FG_ETH_P_MPLS || proto == FG_ETH_P_MPLSM)
+		return FG_PARSE_MPLS;
+	if (proto == FG_ETH_P_PPPOE) {
+		if (fg_parse_pppoe(&c, &proto) < 0)
+			return FG_PARSE_MALFORMED;
+		p->pppoe = 1;
+	}
 	p->l3_off = c.pos - data;
 	if (proto == FG_ETH_P_IP)
 		rc = fg_parse_ipv4(&c, p);

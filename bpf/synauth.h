@@ -96,11 +96,11 @@ static __always_inline __u64 fg_sum_words(const __u32 *w, int n)
 }
 
 /* Rewrite a SYN (already truncated to its headers: Ethernet, VLAN tags,
- * a 20-byte IPv4 header or a 40-byte IPv6 header, a 20-byte TCP header)
+ * a PPPoE session header, a 20-byte IPv4 header or a 40-byte IPv6 header, a 20-byte TCP header)
  * into the SYN-ACK challenge. Returns 0, or -1 if the headers are not
  * where they must be. */
 static __always_inline int fg_build_challenge(void *data, void *data_end, __u16 l3_off, __u8 family,
-					      __u32 cookie)
+					      __u8 pppoe, __u32 cookie)
 {
 	struct ethhdr *eth = data;
 	if ((void *)(eth + 1) > data_end)
@@ -110,7 +110,7 @@ static __always_inline int fg_build_challenge(void *data, void *data_end, __u16 
 	__builtin_memcpy(eth->h_source, eth->h_dest, ETH_ALEN);
 	__builtin_memcpy(eth->h_dest, mac, ETH_ALEN);
 
-	void *l3 = data + (l3_off & 0x3f); /* at most two VLAN tags: < 64 */
+	void *l3 = data + (l3_off & 0x3f); /* two VLAN tags and PPPoE at most: < 64 */
 	struct tcphdr *th;
 	__u64 pseudo;
 
@@ -146,6 +146,15 @@ static __always_inline int fg_build_challenge(void *data, void *data_end, __u16 
 		ip6->hop_limit = 64;
 		pseudo = fg_sum_words(ip6->saddr.in6_u.u6_addr32, 4) + fg_sum_words(ip6->daddr.in6_u.u6_addr32, 4) +
 			 fg_htonl(sizeof(*th)) + fg_htonl(IPPROTO_TCP);
+	}
+
+	if (pppoe) {
+		/* The session's length field counts the PPP protocol and the
+		 * IP packet, which just shrank to its headers. */
+		__u16 *plen = data + ((l3_off - 4) & 0x3f);
+		if ((void *)(plen + 1) > data_end)
+			return -1;
+		*plen = fg_htons(2 + (family == 4 ? sizeof(struct iphdr) : sizeof(struct ipv6hdr)) + sizeof(*th));
 	}
 
 	__u16 p = th->source;

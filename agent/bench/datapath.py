@@ -266,7 +266,7 @@ def populate(port: MapPort, sizes: Sizes) -> tuple[int, float]:
     # bucket for the whole run (each of 65,536 sends ~90 in about a second).
     syn_base = list(base)
     syn_base[abi.TrafficClass.TCP_SYN] = make_rate(pps=10_000, burst=1_000)
-    port.set_group(SYN_GROUP, GroupSpec(base=syn_base, syn_always=True, syn_learn=True,
+    port.set_group(SYN_GROUP, GroupSpec(base=syn_base, syn_always=True,
                                         challenge_pps=BENCH_CHALLENGE_PPS))
     port.set_syn_keys(current=synauth.new_key(), previous=synauth.new_key())
     return len(bans) + len(allows), seconds

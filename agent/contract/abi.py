@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-ABI_VERSION = 1
+ABI_VERSION = 2
 
 IF_SLOTS = 16
 IFSLOT_TABLE = 256
@@ -30,7 +30,6 @@ LIMIT_CLASSES = 6
 
 CFG_MONITOR = 1 << 0
 CFG_MALFORMED_PASS = 1 << 1
-CFG_SYN_LEARN = 1 << 2
 
 ADDR_HOSTS = 1 << 0
 ADDR_BANNED = 1 << 1
@@ -44,7 +43,6 @@ GROUP_MONITOR = 1 << 0
 GROUP_TIGHT = 1 << 1
 GROUP_SYN_AUTH = 1 << 2
 GROUP_SYN_ALWAYS = 1 << 3
-GROUP_SYN_LEARN = 1 << 4
 
 RULE_MONITOR = 1 << 0
 
@@ -66,6 +64,7 @@ class Reason(enum.IntEnum):
     SYN_CHALLENGE_LIMITED = 9
     SYN_VERIFIED = 10
     SYN_AUTH_FAILED = 11
+    MPLS = 12
 
     @property
     def label(self) -> str:
@@ -99,6 +98,7 @@ FATE: Mapping[Reason, Fate] = {
     Reason.SYN_CHALLENGE_LIMITED: Fate.DROPPED,
     Reason.SYN_VERIFIED: Fate.CONSUMED,
     Reason.SYN_AUTH_FAILED: Fate.DROPPED,
+    Reason.MPLS: Fate.DELIVERED,
 }
 #: Reasons that discard the packet (the metrics' "dropped", the alert rules' regular expression).
 DROPPING = frozenset(r for r, f in FATE.items() if f is Fate.DROPPED)
@@ -181,19 +181,6 @@ class Key128(ct.Structure):
     _fields_ = [("k0", u64), ("k1", u64)]
 
 
-class Config(ct.Structure):
-    _fields_ = [
-        ("flags", u32),
-        ("sample_every", u32),
-        ("n_rules", u32),
-        ("v6_bucket_len", u32),
-        ("v6_bucket_mask", Addr),
-        ("generation", u64),
-        ("syn_verified_ttl_ns", u64),
-        ("syn_key", Key128 * 2),
-    ]
-
-
 class IfSlot(ct.Structure):
     _fields_ = [("ifindex", u32), ("slot", u32)]
 
@@ -228,6 +215,20 @@ class Rate(ct.Structure):
         ("pkt_tolerance_ns", u64),
         ("byte_cost_fp", u64),
         ("byte_tolerance_ns", u64),
+    ]
+
+
+class Config(ct.Structure):
+    _fields_ = [
+        ("flags", u32),
+        ("sample_every", u32),
+        ("n_rules", u32),
+        ("v6_bucket_len", u32),
+        ("v6_bucket_mask", Addr),
+        ("generation", u64),
+        ("syn_verified_ttl_ns", u64),
+        ("syn_key", Key128 * 2),
+        ("challenge_total", Rate),
     ]
 
 
@@ -403,7 +404,6 @@ C_CONSTANTS: dict[str, int] = {
     "FG_LIMIT_CLASSES": LIMIT_CLASSES,
     "FG_CFG_MONITOR": CFG_MONITOR,
     "FG_CFG_MALFORMED_PASS": CFG_MALFORMED_PASS,
-    "FG_CFG_SYN_LEARN": CFG_SYN_LEARN,
     "FG_ADDR_HOSTS": ADDR_HOSTS,
     "FG_ADDR_BANNED": ADDR_BANNED,
     "FG_SRC_BAN": SRC_BAN,
@@ -414,7 +414,6 @@ C_CONSTANTS: dict[str, int] = {
     "FG_GROUP_TIGHT": GROUP_TIGHT,
     "FG_GROUP_SYN_AUTH": GROUP_SYN_AUTH,
     "FG_GROUP_SYN_ALWAYS": GROUP_SYN_ALWAYS,
-    "FG_GROUP_SYN_LEARN": GROUP_SYN_LEARN,
     "FG_RULE_MONITOR": RULE_MONITOR,
     "FG_STATS_ENTRIES": STATS_ENTRIES,
     "FG_REASON_MAX": REASON_MAX,

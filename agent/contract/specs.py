@@ -16,10 +16,10 @@ class ConfigSpec:
 
     monitor: bool = False
     malformed_pass: bool = False
-    syn_learn: bool = False
     sample_every: int = 0
     v6_bucket_len: int = 64
     syn_verified_ttl_ns: int = 600 * NS
+    challenge_pps_total: int = 0  # SYN challenges of all groups together; 0 = no cap beyond each group's
 
 
 @dataclass(frozen=True)
@@ -29,7 +29,6 @@ class GroupSpec:
     base: Sequence[abi.Rate] = field(default_factory=lambda: [abi.Rate() for _ in range(abi.LIMIT_CLASSES)])
     monitor: bool = False
     syn_always: bool = False
-    syn_learn: bool = False  # SYN auth configured: learn verified sources in calm times
     challenge_pps: int = 0
 
 

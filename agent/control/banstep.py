@@ -45,7 +45,14 @@ class BanStep:
                 break
             ttl, previous = book.ttl_s(net, m)
             expires = now + int(ttl * NS)
-            self._port.ban(net, expires, view.monitor, f"auto: {a.label} on {a.target} ({a.id}), ~{rate:.0f} pps")
+            try:
+                self._port.ban(net, expires, view.monitor,
+                               f"auto: {a.label} on {a.target} ({a.id}), ~{rate:.0f} pps")
+            except Exception as e:  # noqa: BLE001 — a full map refuses one ban, never the rest of the tick
+                # The port left nothing behind (commits are all or nothing): skip this
+                # source, say why on the record, and let rules and SYN auth go on.
+                self._journal.skip_once(a, now, Step.BAN, f"ban of {net} failed: {e}")
+                continue
             book.add(net, a.gid, expires, now)
             a.history.record_ban(str(net))
             in_group += 1

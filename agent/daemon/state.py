@@ -19,26 +19,32 @@ unban is written before the verb answers.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import ipaddress
 import json
+import math
 import os
+import shutil
 import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar, cast
 
 import structlog
 
 from agent.contract import abi
+from agent.contract.clock import MAX_TTL
 from agent.contract.keys import PrefixKey, Record, key_network, prefix_key
 
 log = structlog.get_logger()
 
 VERSION = 1
 FILENAME = "state.json"
+#: Longest reason text kept (the control socket refuses longer ones; older files are cut).
+MAX_REASON = 200
 
 
 @dataclass
@@ -122,9 +128,18 @@ def restore(state: State, reasons: Reasons) -> list[tuple[PrefixKey, int, int, R
     """Records to write back (expired entries are skipped)."""
     now_mono, now_wall = time.clock_gettime_ns(time.CLOCK_MONOTONIC), time.time()
     out = []
-    for e in state.entries:
+    for saved in state.entries:
+        e = saved
         if e.expires and e.expires <= now_wall:
             continue
+        if e.expires and e.expires - now_wall > MAX_TTL:
+            # Protect, but never past what a ban may last: an expiry this far out
+            # overflowed the kernel's clock and crash-looped the start.
+            log.warning("state_expiry_clamped", prefix=e.prefix, expires=e.expires, max_ttl=MAX_TTL)
+            e = dataclasses.replace(saved, expires=now_wall + MAX_TTL)
+        if e.kind not in _KINDS or e.origin not in _ORIGINS:
+            log.warning("state_entry_skipped", prefix=e.prefix, kind=e.kind, origin=e.origin)
+            continue  # never guess: a misspelt "ban" restored as an allow would open the door
         key = prefix_key(ipaddress.ip_network(e.prefix))
         if e.kind == "ban":
             kind, flags = abi.SRC_BAN, abi.SRC_BAN_MONITOR if e.monitor else abi.SRC_BAN
@@ -171,22 +186,110 @@ def save(directory: Path, state: State) -> None:
 
 
 def load(directory: Path) -> State | None:
-    """The saved state, or None when there is none. A corrupt file raises ValueError."""
+    """The saved state, or None when there is none.
+
+    Start with whatever is valid: a file that cannot be read (or is of an
+    unknown version) is kept as ``state.json.bad-<time>`` and None is
+    returned; each entry and table item is checked on its own, and the ones
+    that are wrong are skipped and logged (the file is kept as a copy, since
+    the next save replaces it).
+    """
     path = directory / FILENAME
     try:
-        raw: Any = json.loads(path.read_text())
+        raw: Any = json.loads(path.read_bytes())
     except FileNotFoundError:
         return None
-    except (OSError, json.JSONDecodeError) as e:
-        raise ValueError(f"{path} is unreadable ({e}): move it away to start without saved bans") from e
+    except (OSError, ValueError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        _keep_bad(path, f"unreadable ({e})", move=True)
+        return None
     if not isinstance(raw, dict) or raw.get("version") != VERSION:
-        raise ValueError(f"{path} has an unknown format version: move it away to start without saved bans")
-    return State(
-        entries=[SavedEntry(**e) for e in raw.get("entries", [])],
-        group_ids={str(k): int(v) for k, v in raw.get("group_ids", {}).items()},
-        reasons={int(k): str(v) for k, v in raw.get("reasons", {}).items()},
-        ban_counts={str(k): int(v) for k, v in raw.get("ban_counts", {}).items()},
+        found = raw.get("version") if isinstance(raw, dict) else type(raw).__name__
+        _keep_bad(path, f"unknown format version {found!r} (this agent reads {VERSION})", move=True)
+        return None
+    bad: list[str] = []
+    state = State(
+        entries=_items(raw, "entries", list, _entry, bad),
+        group_ids=dict(_items(raw, "group_ids", dict, lambda kv: (str(kv[0]), _int(kv[1], 0, 0xFFFF)), bad)),
+        reasons=dict(_items(raw, "reasons", dict, lambda kv: (_int(kv[0], 1, 0xFFFFFFFF), _str(kv[1])), bad)),
+        ban_counts=dict(_items(raw, "ban_counts", dict, lambda kv: (str(kv[0]), _int(kv[1], 0, 1 << 31)), bad)),
     )
+    if bad:
+        _keep_bad(path, f"{len(bad)} invalid item(s) skipped, e.g. {'; '.join(bad[:3])}", move=False)
+    return state
+
+
+def _keep_bad(path: Path, why: str, *, move: bool) -> None:
+    """Keep the file beside the new one, so that the next save does not lose what it held."""
+    bad = path.with_name(f"{path.name}.bad-{time.strftime('%Y%m%dT%H%M%S')}")
+    try:
+        if move:
+            os.replace(path, bad)
+        else:
+            shutil.copy2(path, bad)
+    except OSError as e:
+        log.error("state_unreadable", path=str(path), error=why, kept=None, keep_error=e.strerror or str(e),
+                  hint="starting without what it could not read")
+        return
+    log.error("state_unreadable" if move else "state_entries_skipped", path=str(path), error=why, kept=str(bad),
+              hint="starting with what is valid; look at the kept copy to recover the rest")
+
+
+T = TypeVar("T")
+
+
+def _items(raw: dict[str, Any], name: str, shape: type, parse: Callable[[Any], T], bad: list[str]) -> list[T]:
+    """Each item of raw[name] parsed on its own; what fails is noted in ``bad`` and skipped."""
+    got: Any = raw.get(name, shape())
+    if not isinstance(got, shape):
+        bad.append(f"{name} is not {'a list' if shape is list else 'an object'}")
+        return []
+    out: list[T] = []
+    items: list[Any] = [*got.items()] if isinstance(got, dict) else [*cast(list[Any], got)]
+    for i, item in enumerate(items):
+        try:
+            out.append(parse(item))
+        except (TypeError, ValueError, KeyError) as e:
+            bad.append(f"{name}[{item[0] if isinstance(got, dict) else i}]: {e}")
+    return out
+
+
+def _int(v: Any, lo: int, hi: int) -> int:
+    n = int(v) if isinstance(v, str) else v
+    if isinstance(n, bool) or not isinstance(n, int) or not lo <= n <= hi:
+        raise ValueError(f"{v!r} is not an integer in [{lo}, {hi}]")
+    return n
+
+
+def _str(v: Any) -> str:
+    if not isinstance(v, str):
+        raise TypeError(f"{v!r} is not a string")
+    return v[:MAX_REASON]
+
+
+def _time(v: Any) -> float:
+    if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) or v < 0:
+        raise ValueError(f"{v!r} is not a time")
+    return float(v)
+
+
+_KINDS = ("ban", "allow")
+_ORIGINS = ("operator", "auto")  # policy entries come from the policy, never from this file
+
+
+def _entry(e: Any) -> SavedEntry:
+    if not isinstance(e, dict):
+        raise TypeError(f"{e!r} is not an object")
+    kind, origin, monitor = e["kind"], e["origin"], e.get("monitor", False)
+    if kind not in _KINDS:
+        raise ValueError(f"kind {kind!r} is not one of {', '.join(_KINDS)}")
+    if origin not in _ORIGINS:
+        raise ValueError(f"origin {origin!r} is not one of {', '.join(_ORIGINS)}")
+    if not isinstance(monitor, bool):
+        raise TypeError(f"monitor {monitor!r} is not true or false")
+    prefix = _str(e["prefix"])
+    ipaddress.ip_network(prefix)  # strict: host bits set is as wrong as garbage
+    return SavedEntry(prefix=prefix, kind=kind, origin=origin, monitor=monitor, expires=_time(e.get("expires", 0)),
+                      created=_time(e.get("created", 0)), reason=_str(e.get("reason", "")))
 
 
 # --------------------------------------------------------------------------- when to write
@@ -240,12 +343,8 @@ class StateStore:
         self._closing = False
 
     def load(self) -> State | None:
-        """The saved state; None when there is none or it is unreadable (logged)."""
-        try:
-            return load(self.directory)
-        except ValueError as e:
-            log.error("state_unreadable", error=str(e))
-            return None
+        """The saved state; None when there is none or it is unreadable (logged, kept aside)."""
+        return load(self.directory)
 
     @property
     def dirty(self) -> bool:

@@ -47,6 +47,7 @@ from agent.upstream.service import UpstreamService
 from . import StartupError
 from .api import ControlServer
 from .downstream import Downstream
+from .instance import InstanceLock, lock_path
 from .interfaces import InterfaceWatcher
 from .metrics_source import AgentMetrics
 from .parts import Parts, Throughput
@@ -84,12 +85,15 @@ class Supervisor:
         self._exporter: metrics.Exporter | None = None
         self._ban_counts: dict[str, int] = {}
         self._syn_rotated = 0.0
+        self._instance: InstanceLock | None = None
 
     # ------------------------------------------------------------------ start
 
     def start(self) -> None:
         result, policy = self._load_policy()
         logsetup.configure(policy.log.level, policy.log.format)
+        # Before anything is touched: a second agent must not take the socket or share the pins.
+        self._instance = InstanceLock.take(lock_path(policy.control.socket))
         store = StateStore(policy.state_dir)
         saved = store.load()
         reasons = Reasons(saved.reasons if saved is not None else None)
@@ -270,11 +274,16 @@ class Supervisor:
         self._syn_rotated = now
 
     def _capture(self) -> Capture:
-        """What the state file holds now (called under the lock)."""
+        """What the state file holds now (called under the lock).
+
+        Reason texts no record refers to any more are dropped here: every
+        automatic ban has a text of its own, so they would pile up for ever.
+        """
         p = self._running()
         compiled = p.runtime.compiled
-        return Capture.of(p.port.addresses.records(), p.reasons, compiled.group_ids if compiled else {},
-                          self._ban_counts)
+        records = list(p.port.addresses.records())
+        p.reasons.prune({rec[3] for _k, _kind, _o, rec in records})
+        return Capture.of(records, p.reasons, compiled.group_ids if compiled else {}, self._ban_counts)
 
     # ------------------------------------------------------------------ what the verbs may ask of the agent
 
@@ -332,6 +341,14 @@ class Supervisor:
                 p.maps.close()
                 p.program.close()
         log.info("stopped", attached_program_stays=not (p is not None and p.interfaces.detaching))
+        if self._instance is not None and not self.remove_pins_on_exit:
+            self._instance.release()  # a detaching agent keeps it until its pins are gone (see run)
+            self._instance = None
+
+    def release_instance(self) -> None:
+        if self._instance is not None:
+            self._instance.release()
+            self._instance = None
 
 
 def _restore(table: AddressTable, migrated: list[pins.Entry], saved: State | None, reasons: Reasons) -> None:
@@ -344,7 +361,11 @@ def _restore(table: AddressTable, migrated: list[pins.Entry], saved: State | Non
         restored = len(migrated)
     elif found == 0 and saved is not None:
         for key, kind, origin, rec in restore(saved, reasons):
-            table.set_record(key, kind, origin, rec)
+            try:
+                table.set_record(key, kind, origin, rec)
+            except ValueError as e:  # one bad entry must not keep the guard from starting
+                log.warning("state_entry_skipped", prefix=str(key_network(key)), error=str(e))
+                continue
             restored += 1
     log.info("state_found", pinned_prefixes=found, restored=restored,
              source="migration" if migrated else "state file" if restored else "pins")
@@ -417,9 +438,12 @@ def run(policy_path: str, pin_root: str) -> int:
     try:
         rc = supervisor.run()
     finally:
-        supervisor.stop()
-        if supervisor.remove_pins_on_exit:
-            pins.remove_all(pin_root)
+        try:
+            supervisor.stop()
+            if supervisor.remove_pins_on_exit:
+                pins.remove_all(pin_root)
+        finally:
+            supervisor.release_instance()
     return rc
 
 

@@ -23,8 +23,9 @@ from typing import Protocol, TypeVar
 import structlog
 
 from agent.contract import abi
-from agent.contract.clock import NS, monotonic_ns
+from agent.contract.clock import NS, check_ttl, monotonic_ns
 from agent.contract.keys import IPAddress, IPNetwork, Record, prefix_key
+from agent.datapath.errors import CapacityError
 from agent.metrics import count_bans
 
 from . import views
@@ -72,17 +73,28 @@ def _network(text: str) -> IPNetwork:
         raise RequestError(f"{text} has host bits set; did you mean {loose}?") from None
 
 
+#: The longest operator reason kept, in characters: it is shown in tables and saved with every ban.
+MAX_REASON = 200
+
+
 @dataclass(frozen=True)
 class BanArgs(Args):
     prefix: str
     ttl: float | None = None
     reason: str | None = None
+    force: bool = False  # ban a default route or infrastructure all the same
     network: IPNetwork = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "network", _network(self.prefix))
-        if self.ttl is not None and self.ttl <= 0:
-            raise RequestError("--ttl must be positive (or omit it for a permanent ban)")
+        if self.ttl is not None:
+            try:
+                check_ttl(self.ttl)
+            except ValueError as e:
+                raise RequestError(str(e)) from None
+        if self.reason is not None and len(self.reason) > MAX_REASON:
+            raise RequestError(f"--reason is {len(self.reason)} characters long, at most {MAX_REASON} are kept: "
+                               f"shorten it")
 
 
 @dataclass(frozen=True)
@@ -280,17 +292,37 @@ class Verbs:
     def ban(self, a: BanArgs) -> dict[str, object]:
         p = self._parts
         table, net, key = p.port.addresses, a.network, prefix_key(a.network)
+        if not a.force:
+            self._refuse_dangerous(net)
         now = monotonic_ns()
         expires = now + int(a.ttl * NS) if a.ttl else 0
         rec: Record = (expires, now, abi.SRC_BAN, p.reasons.id_of(a.reason))
         table.set_record(key, abi.SRC_BAN, abi.Origin.OPERATOR, rec)
-        table.commit(now)  # the map write: a packet sent after we answer is dropped
+        try:
+            table.commit(now)  # the map write: a packet sent after we answer is dropped
+        except CapacityError as e:
+            # The table undid the edit: the ban is neither listed nor saved.
+            raise RequestError(f"{net} is not banned: {e}") from None
         p.store.save_now(self._capture())
         warn = None
         if table.effective(key, now).flags & abi.SRC_ALLOW:
             warn = f"{net} is allowlisted: the allowlist wins, this ban has no effect while it is"
         log.info("ban_added", prefix=str(net), origin="operator", ttl=a.ttl, reason=a.reason)
         return {"prefix": str(net), "ttl_seconds": a.ttl, "warning": warn}
+
+    def _refuse_dangerous(self, net: IPNetwork) -> None:
+        """A typo here cuts everyone off, the operator included: ask for --force."""
+        if net.prefixlen == 0:
+            raise RequestError(f"{net} is every address: banning it cuts off all traffic, your own session "
+                               f"included; add --force if you really mean it")
+        policy = self._parts.runtime.policy
+        infra = policy.infrastructure.prefixes if policy is not None else ()
+        first, last = int(net.network_address), int(net.broadcast_address)
+        hit = next((e for e in infra if e.version == net.version and e.address <= last and first <= e.last), None)
+        if hit is not None:
+            where = f" ({hit.source})" if hit.source else ""
+            raise RequestError(f"{net} overlaps the infrastructure prefix {hit}{where}: banning it can cut the "
+                               f"gateway off its own network; add --force if you really mean it")
 
     def unban(self, a: UnbanArgs) -> dict[str, object]:
         p = self._parts

@@ -31,13 +31,14 @@ vectorised path; single bans touch one entry, one host entry, one slot.
 from __future__ import annotations
 
 import ctypes as ct
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from heapq import heapify, heappop, heappush
 from typing import Any
 
 import numpy as np
+import structlog
 
 from agent.contract import abi
 from agent.contract.keys import IPAddress, IPNetwork, PrefixKey, Record, from_words, prefix_key, words
@@ -45,6 +46,8 @@ from agent.contract.keys import bits as family_bits
 
 from .errors import CapacityError
 from .maps import Maps
+
+log = structlog.get_logger()
 
 _DIR_SLOTS = 1 << abi.DIR4_BITS
 _HOST_BITS = 32 - abi.DIR4_BITS
@@ -62,6 +65,22 @@ _EXPIRY_SLACK = 1024
 
 #: (expires, prefix, SRC_BAN or SRC_ALLOW, origin): one record's expiry, as pushed when it was set.
 _Expiry = tuple[int, PrefixKey, int, int]
+#: An edited slot of the model: ("ban" | "allow", prefix, origin), ("watch", prefix) or ("dst", prefix).
+_Slot = tuple[Any, ...]
+_U64 = 1 << 64
+_U32 = 1 << 32
+
+
+def check_record(record: Record) -> None:
+    """ValueError unless every field fits the kernel's struct fg_src_record.
+
+    Checked when a record enters the model, so that the model never holds
+    something the kernel cannot: a record refused at commit would be listed
+    and saved but never enforced.
+    """
+    expires, created, flags, reason = record
+    if not (0 <= expires < _U64 and 0 <= created < _U64 and 0 <= flags < _U32 and 0 <= reason < _U32):
+        raise ValueError(f"record {record} does not fit the kernel's record (u64 times, u32 flags and reason)")
 
 
 @dataclass(frozen=True)
@@ -116,6 +135,19 @@ def merge(records: Iterable[Record], now: int) -> SrcState:
         allow_expires=exp.get(abi.SRC_ALLOW, 0),
         allow_monitor_expires=exp.get(abi.SRC_ALLOW_MONITOR, 0),
     )
+
+
+class _Inflight:
+    """What a commit changed in the model while planning, to put back if it fails."""
+
+    __slots__ = ("allocated", "perm", "popped", "released", "wrote")
+
+    def __init__(self) -> None:
+        self.popped: list[tuple[PrefixKey, _Entry]] = []  # empty entries taken out of the model
+        self.allocated: list[_Entry] = []  # entries given a slot in src_entries
+        self.perm: dict[int, bool] = {}  # entry -> was it a permanent ban before
+        self.wrote = False  # whether a kernel write had begun
+        self.released = False  # whether the slots of the popped entries went back to the free list
 
 
 class _Lengths:
@@ -236,6 +268,11 @@ class AddressTable:
         self._perm: set[int] = set()
         self._next_idx = 1
         self._dirty: set[PrefixKey] = set()
+        # What each slot edited since the last commit held then (the first
+        # edit wins): a failed commit puts these back, so that the model never
+        # lists what the kernel does not hold.
+        self._undo: dict[_Slot, Any] = {}
+        self._inflight: _Inflight | None = None
         self._synced = False
         # Every record with an expiry has an entry here; entries whose record was
         # replaced or removed since are stale and skipped when they come up.
@@ -295,6 +332,8 @@ class AddressTable:
         taken = set(used.tolist())
         self._next_idx = max(taken, default=0) + 1
         self._free = [i for i in range(self._next_idx - 1, 0, -1) if i not in taken]
+        self._dirty = set()
+        self._undo = {}
         self._synced = False
         return len(self.src)
 
@@ -304,6 +343,8 @@ class AddressTable:
         """Set (or with None, remove) one origin's ban or allow record on a
         prefix. Returns whether anything changed."""
         key = net if isinstance(net, tuple) else prefix_key(net)
+        if record is not None:
+            check_record(record)
         ent = self.src.get(key)
         if ent is None:
             if record is None:
@@ -315,6 +356,7 @@ class AddressTable:
         slots = ent.ban if ban else ent.allow
         if slots[origin] == record:
             return False
+        self._undo.setdefault(("ban" if ban else "allow", key, origin), slots[origin])
         slots[origin] = record
         self._dirty.add(key)
         if record is not None and record[0]:
@@ -341,9 +383,11 @@ class AddressTable:
             if ent.allow[origin] is not None and key not in allows:
                 changed += self.set_record(key, abi.SRC_ALLOW, origin, None)
         # The bulk of a policy load: set_record inlined, new prefixes indexed at once.
-        src, dirty = self.src, self._dirty
+        src, dirty, undo = self.src, self._dirty, self._undo
         new: list[PrefixKey] = []
         for attr, kind, wanted in (("ban", abi.SRC_BAN, bans), ("allow", abi.SRC_ALLOW, allows)):
+            for rec in wanted.values():
+                check_record(rec)
             for key, rec in wanted.items():
                 found = src.get(key)
                 if found is None:
@@ -351,6 +395,7 @@ class AddressTable:
                     new.append(key)
                 slots = getattr(found, attr)
                 if slots[origin] != rec:
+                    undo.setdefault((attr, key, origin), slots[origin])
                     slots[origin] = rec
                     dirty.add(key)
                     changed += 1
@@ -370,6 +415,7 @@ class AddressTable:
         changed = 0
         for key, ent in list(self.src.items()):
             if ent.watch and key not in watch:
+                self._undo.setdefault(("watch", key), ent.watch)
                 ent.watch = 0
                 self._dirty.add(key)
                 changed += 1
@@ -380,6 +426,7 @@ class AddressTable:
                 found = self.src[key] = _Entry(0)
                 new.append(key)
             if found.watch != wid:
+                self._undo.setdefault(("watch", key), found.watch)
                 found.watch = wid
                 self._dirty.add(key)
                 changed += 1
@@ -402,11 +449,13 @@ class AddressTable:
         """Make the protected prefixes exactly these (prefix -> group id)."""
         for key in list(self.dst):
             if key not in dst:
+                self._undo.setdefault(("dst", key), self.dst[key])
                 del self.dst[key]
                 self._dirty.add(key)
                 self._unindex(key, DST)
         for key, group in dst.items():
             if self.dst.get(key) != group:
+                self._undo.setdefault(("dst", key), self.dst.get(key))
                 if key not in self.dst:
                     self._index(key, DST)
                 self.dst[key] = group
@@ -475,7 +524,42 @@ class AddressTable:
     # --- commit ------------------------------------------------------------
 
     def sync(self, now: int) -> None:
-        """Write the whole model, diffing against what the kernel holds."""
+        """Write the whole model, diffing against what the kernel holds (all or nothing, as ``commit``)."""
+        self._transaction(now, lambda: self._sync(now))
+
+    def commit(self, now: int) -> int:
+        """Write pending edits; returns how many prefixes changed.
+
+        All or nothing: when anything fails (a full map, a kernel error), the
+        edits since the last commit are undone, the kernel is brought back to
+        the model, and the error is raised. The model never lists a ban the
+        kernel does not hold, and one bad edit cannot block later commits.
+        """
+        n = len(self._dirty)
+
+        def write() -> None:
+            if not self._synced:
+                self._sync(now)
+            elif n:
+                self._commit(now, full=n > max(2000, len(self.src) // 4))
+
+        self._transaction(now, write)
+        return n
+
+    def rollback(self, now: int) -> None:
+        """Undo the edits since the last commit (a caller that gives up before committing)."""
+        self._rollback(now)
+
+    def _transaction(self, now: int, write: Callable[[], None]) -> None:
+        try:
+            write()
+        except BaseException:
+            self._rollback(now)
+            raise
+        self._inflight = None
+        self._undo = {}
+
+    def _sync(self, now: int) -> None:
         self._host4 = {}
         for k, v in self._host4_t.items():
             self._host4[from_words(4, (k.value, 0, 0, 0))] = (int(v.src_entry), int(v.group), int(v.flags))
@@ -486,16 +570,73 @@ class AddressTable:
         self._commit(now, full=True)
         self._synced = True
 
-    def commit(self, now: int) -> int:
-        """Write pending edits; returns how many prefixes changed."""
-        n = len(self._dirty)
-        if not self._synced:
-            self.sync(now)
-        elif n:
-            self._commit(now, full=n > max(2000, len(self.src) // 4))
-        return n
+    def _rollback(self, now: int) -> None:
+        """Put the model back as it was at the last commit; rewrite the kernel if a write had begun."""
+        fl, self._inflight = self._inflight, None
+        wrote = fl is not None and fl.wrote
+        if fl is not None:
+            for key, ent in fl.popped:
+                self.src[key] = ent
+                self._index(key, SRC)
+            if fl.released:
+                # Their slots went back to the free list: take them out again, or
+                # two prefixes would one day share a slot.
+                back = {ent.idx for _key, ent in fl.popped if ent.idx}
+                self._free = [i for i in self._free if i not in back]
+            if not wrote:
+                for ent in fl.allocated:
+                    self._free.append(ent.idx)
+                    ent.idx = 0
+                for idx, was in fl.perm.items():
+                    (self._perm.add if was else self._perm.discard)(idx)
+        undo, self._undo = self._undo, {}
+        for slot, old in undo.items():
+            self._put_back(slot, old)
+        for key in {slot[1] for slot in undo}:
+            made = self.src.get(key)
+            if made is not None and made.empty() and made.idx == 0:  # created since the last commit
+                del self.src[key]
+                self._unindex(key, SRC)
+        self._dirty = set()
+        if wrote:
+            # The kernel holds part of the failed commit: write the restored
+            # model whole. If that fails too, the next commit tries again.
+            self._synced = False
+            try:
+                self._sync(now)
+            except Exception as e:  # noqa: BLE001 — the first error is the one the caller gets
+                log.error("address_table_resync_failed", error=str(e),
+                          hint="the next commit writes the whole table again")
+            finally:
+                self._inflight = None
+
+    def _put_back(self, slot: _Slot, old: Any) -> None:
+        what, key = slot[0], slot[1]
+        if what == "dst":
+            if old is None:
+                if self.dst.pop(key, None) is not None:
+                    self._unindex(key, DST)
+            else:
+                if key not in self.dst:
+                    self._index(key, DST)
+                self.dst[key] = old
+            return
+        ent = self.src.get(key)
+        if ent is None:
+            if old in (None, 0):
+                return
+            ent = self.src[key] = _Entry(0)
+            self._index(key, SRC)
+        if what == "watch":
+            ent.watch = old
+            return
+        origin = slot[2]
+        (ent.ban if what == "ban" else ent.allow)[origin] = old
+        if old is not None and old[0]:
+            self._push_expiry((old[0], key, abi.SRC_BAN if what == "ban" else abi.SRC_ALLOW, origin))
 
     def _commit(self, now: int, full: bool) -> None:
+        fl = self._inflight = _Inflight()
         dirty = self._dirty
         self._dirty = set()
 
@@ -512,6 +653,7 @@ class AddressTable:
         freed: list[int] = []
         for key in [k for k in touched if self.src[k].empty()]:
             ent = self.src.pop(key)
+            fl.popped.append((key, ent))
             touched.discard(key)
             dirty.add(key)
             self._unindex(key, SRC)
@@ -522,8 +664,10 @@ class AddressTable:
             ent = self.src[key]
             if ent.idx == 0:
                 ent.idx = self._alloc()
+                fl.allocated.append(ent)
         rows = self._entry_rows(sorted(touched), now)  # also settles which entries are permanent bans
-        self._perm.difference_update(freed)
+        for idx in freed:
+            self._set_perm(idx, False)
         v4_dirty = [k for k in dirty if k[0] == 4]
         v6_dirty = [k for k in dirty if k[0] == 6]
         host_adds, host_dels = self._plan_host4(v4_dirty, full)
@@ -535,6 +679,7 @@ class AddressTable:
             )
 
         # 2. Entries, then the lookup structures: additions, slots, removals.
+        fl.wrote = True
         self._write_entries(rows)
         self._write_host4(host_adds)
         self._write_lpm6(lpm_adds)
@@ -545,6 +690,7 @@ class AddressTable:
         if freed:
             self._rows[np.array(freed, dtype=np.int64)] = np.zeros(1, dtype=_ENTRY_DTYPE)
             self._free.extend(freed)
+            fl.released = True
 
     # --- entries -----------------------------------------------------------
 
@@ -621,11 +767,16 @@ class AddressTable:
         # A watched source's packets are counted from its entry: no shortcut past it.
         perm = (eff[:, 4] == abi.SRC_BAN) & (eff[:, 0] == 0) & (rows["watch"] == 0)
         for idx, is_perm in zip(idxs.tolist(), perm.tolist(), strict=True):
-            if is_perm:
-                self._perm.add(idx)
-            else:
-                self._perm.discard(idx)
+            self._set_perm(idx, is_perm)
         return idxs, rows
+
+    def _set_perm(self, idx: int, on: bool) -> None:
+        was = idx in self._perm
+        if was == on:
+            return
+        if self._inflight is not None:
+            self._inflight.perm.setdefault(idx, was)
+        (self._perm.add if on else self._perm.discard)(idx)
 
     def _write_entries(self, entries: tuple[np.ndarray[Any, Any], np.ndarray[Any, Any]]) -> None:
         """Write entries in one go.
@@ -807,7 +958,9 @@ class AddressTable:
             # Slots still set outside every range belonged to prefixes that
             # are gone: cleared last.
             stale = np.flatnonzero(self._dir)
-            if len(stale):
+            if len(stale) and not ranges:  # nothing is left: every slot goes
+                self._dir[stale] = 0
+            elif len(stale):
                 starts = np.array([f for f, _ in ranges], dtype=np.int64)
                 ends = starts + np.array([n for _, n in ranges], dtype=np.int64)
                 pos = np.searchsorted(starts, stale, side="right") - 1

@@ -45,6 +45,7 @@ from .errors import (
     InterfaceError,
     MissingPrivilegeError,
     UnknownInterfaceError,
+    UnsupportedLinkError,
 )
 from .loader import PROGRAM_NAME
 
@@ -58,6 +59,20 @@ XDP_FLAGS_HW_MODE = 1 << 3
 XDP_FLAGS_REPLACE = 1 << 4
 
 _BPF_PROG_TYPE_XDP = 6
+
+# linux/if_arp.h: the link types an operator may name by mistake, for the message.
+ARPHRD_ETHER = 1
+_LINK_KINDS = {
+    512: "PPP",
+    768: "IPIP tunnel",
+    769: "IPv6-in-IPv6 tunnel",
+    772: "loopback",
+    776: "SIT tunnel",
+    778: "GRE tunnel",
+    823: "IPv6 GRE tunnel",
+    0xFFFE: "no link-layer header: tun, WireGuard",  # ARPHRD_NONE
+    0xFFFF: "no link-layer header",  # ARPHRD_VOID
+}
 
 AttachedMode = Literal["none", "native", "generic", "hw", "multi"]
 
@@ -213,6 +228,20 @@ def _resolve(ipr: Any, iface: str | int, netns: str | None) -> tuple[int, str, A
     return index, str(msg.get_attr("IFLA_IFNAME")), msg
 
 
+def _check_ethernet(ifname: str, netns: str | None, msg: Any) -> None:
+    """Refuse a link whose frames do not start with an Ethernet header.
+
+    The program reads every frame as Ethernet (bpf/parse.h); on a PPP, tun or
+    WireGuard device XDP sees a bare IP packet, so its first bytes would be
+    read as MAC addresses and the packet passed as non-IP: attached, and
+    filtering nothing. Loopback has Ethernet headers but no traffic from
+    outside to protect.
+    """
+    arphrd = int(msg["ifi_type"])
+    if arphrd != ARPHRD_ETHER:
+        raise UnsupportedLinkError(_where(ifname, netns), _LINK_KINDS.get(arphrd, "non-Ethernet"), arphrd)
+
+
 def _state_of(index: int, ifname: str, msg: Any) -> XdpState:
     xdp = msg.get_attr("IFLA_XDP")
     if xdp is None:
@@ -334,6 +363,7 @@ def attach(
     new_id = int(info.id)
     with _rtnl(netns) as ipr:
         index, name, msg = _resolve(ipr, ifname, netns)
+        _check_ethernet(name, netns, msg)
         state = _state_of(index, name, msg)
         if not state.attached:
             return _attach_new(ipr, index, name, prog_fd, new_id, mode, netns)

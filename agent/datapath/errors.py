@@ -75,6 +75,20 @@ class UnknownInterfaceError(InterfaceError):
         super().__init__(f"no interface named {name!r}: check `interfaces` in the policy (`ip link` lists them)")
 
 
+class UnsupportedLinkError(InterfaceError):
+    """The interface does not carry Ethernet frames, the only framing the program parses."""
+
+    def __init__(self, where: str, kind: str, arphrd: int) -> None:
+        self.kind = kind
+        self.arphrd = arphrd
+        super().__init__(
+            f"{where} is not an Ethernet link ({kind}, ARPHRD {arphrd}), and floodguard parses Ethernet "
+            "frames only: there every packet would be misread and nothing filtered. Attach floodguard to the Ethernet "
+            "interface that carries this link's traffic (for PPPoE the Ethernet device under it; for a "
+            "tunnel or VPN the uplink its packets arrive on), or remove it from `interfaces`"
+        )
+
+
 class ForeignProgramError(InterfaceError):
     def __init__(self, ifname: str, prog_name: str, prog_id: int) -> None:
         self.ifname = ifname

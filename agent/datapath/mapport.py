@@ -46,7 +46,6 @@ class MapPort:
         c.flags = (
             (abi.CFG_MONITOR if spec.monitor else 0)
             | (abi.CFG_MALFORMED_PASS if spec.malformed_pass else 0)
-            | (abi.CFG_SYN_LEARN if spec.syn_learn else 0)
         )
         c.sample_every = spec.sample_every
         c.n_rules = cur.n_rules
@@ -55,6 +54,7 @@ class MapPort:
         self._generation = max(self._generation, int(cur.generation)) + 1
         c.generation = self._generation
         c.syn_verified_ttl_ns = spec.syn_verified_ttl_ns
+        c.challenge_total = make_rate(pps=spec.challenge_pps_total) if spec.challenge_pps_total else abi.Rate()
         keys = syn_keys if syn_keys is not None else [(k.k0, k.k1) for k in cur.syn_key]
         for i in range(2):
             c.syn_key[i].k0, c.syn_key[i].k1 = keys[i][0], keys[i][1]
@@ -91,7 +91,6 @@ class MapPort:
             keep
             | (abi.GROUP_MONITOR if spec.monitor else 0)
             | (abi.GROUP_SYN_ALWAYS if spec.syn_always else 0)
-            | (abi.GROUP_SYN_LEARN if spec.syn_learn else 0)
         )
         g.challenge = make_rate(pps=spec.challenge_pps) if spec.challenge_pps else abi.Rate()
         self.maps["groups"].set(gid, g)

@@ -40,6 +40,7 @@ MAP_TYPES: dict[str, tuple[Any, Any, bool]] = {
     "src_entries": (ct.c_uint32, abi.SrcEntry, False),
     "groups": (ct.c_uint32, abi.Group, False),
     "group_state": (ct.c_uint32, abi.GroupState, False),
+    "challenge_state": (ct.c_uint32, abi.GroupState, False),
     "rules": (ct.c_uint32, abi.Rule, False),
     "rule_state": (ct.c_uint32, abi.RuleState, False),
     "buckets4": (abi.BucketKey4, abi.Bucket, False),

@@ -105,7 +105,6 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
             base=rates_of(policy.group_limits(g)),
             monitor=g.monitor,
             syn_always=g.syn_auth == "always",
-            syn_learn=g.syn_auth != "off",
             challenge_pps=challenge if g.syn_auth != "off" else 0,
         )
         groups.append(CompiledGroup(gid, g.name, spec, g))
@@ -130,10 +129,10 @@ def compile_policy(policy: Policy, previous: Mapping[str, int] | None = None) ->
     config = ConfigSpec(
         monitor=policy.mode == "monitor",
         malformed_pass=policy.malformed == "pass",
-        syn_learn=any(g.syn_auth != "off" for g in policy.protect),
         sample_every=policy.detection.sample_every,
         v6_bucket_len=policy.limits.ipv6_prefix,
         syn_verified_ttl_ns=int(policy.syn_auth.verified_ttl * NS),
+        challenge_pps_total=policy.syn_auth.total_challenge_pps(),
     )
     _check_capacity(policy, destinations, bans, allows, watch)
     ordered = tuple(sorted(groups, key=lambda c: c.gid))

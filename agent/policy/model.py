@@ -487,6 +487,14 @@ class SynAuth(_Model):
     challenge_pps: Annotated[int, Unit("pps", 1, MAX_PPS)] = Field(
         default=10_000, description="most challenges sent per group per second"
     )
+    challenge_pps_total: Annotated[int, Unit("pps", 1, MAX_PPS)] | None = Field(
+        default=None,
+        description="most challenges sent for all groups together per second; default twice challenge_pps",
+    )
+
+    def total_challenge_pps(self) -> int:
+        """The gateway-wide cap: without it, N groups could aim N x challenge_pps at one forged victim."""
+        return self.challenge_pps_total if self.challenge_pps_total is not None else 2 * self.challenge_pps
 
 
 class Capacities(_Model):

@@ -76,7 +76,7 @@ class Harness:
         t.commit(now_ns())
         self.port.set_rules([])
         self.port.write_config(ConfigSpec(), syn_keys=[[0, 0], [0, 0]])
-        for name in ("groups", "group_state", "rule_state", "rule_stats", "ifslots", "watch_stats"):
+        for name in ("groups", "group_state", "challenge_state", "rule_state", "rule_stats", "ifslots", "watch_stats"):
             self.maps[name].clear()
         for name in ("buckets4", "buckets6", "dst_stats", "verified4", "verified6"):
             self.maps[name].clear()

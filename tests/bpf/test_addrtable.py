@@ -254,3 +254,91 @@ def test_expire_with_10k_records_none_due_looks_at_none(h: Harness, monkeypatch:
     gone = t.expire(now + 3600 * 10**9 + 9)
     assert [g[0] for g in gone] == [(4, (11 << 24) | i, 32) for i in range(10)]
     assert calls["heappop"] == 10 and calls["records"] == 0
+
+
+# --------------------------------------------------------------------------- failed commits (issue 13, finding 2)
+
+
+def _model(t: AddressTable) -> dict[PrefixKey, tuple[int, tuple[tuple[int, int, int, int], ...]]]:
+    return {k: (e.idx, e.records()) for k, e in t.src.items()}
+
+
+def test_a_record_the_kernel_cannot_hold_never_enters_the_model(h: Harness) -> None:
+    # `floodguard ban 10.0.0.0/8 --ttl 1e11` used to overflow the u64 expiry: the ban stayed
+    # in the model (listed, saved) without reaching the kernel, and every later commit failed.
+    t = h.port.addresses
+    now = now_ns()
+    huge = (now + int(1e11) * 10**9, now, abi.SRC_BAN, 0)
+    with pytest.raises((ValueError, OverflowError)):
+        t.set_record((4, 10 << 24, 8), abi.SRC_BAN, abi.Origin.OPERATOR, huge)
+        t.commit(now)
+    assert t.get_record((4, 10 << 24, 8), abi.SRC_BAN, abi.Origin.OPERATOR) is None
+    assert t.pending == 0
+    # An automatic ban inside 10/8 still reaches the kernel.
+    inside = (4, (10 << 24) | 7, 32)
+    t.set_record(inside, abi.SRC_BAN, abi.Origin.AUTO, (0, now, abi.SRC_BAN, 0))
+    t.commit(now)
+    assert t.kernel_answer(ipaddress.ip_address("10.0.0.7"))[0] == t.index_of(inside) != 0
+    check(t, random.Random(1), now)
+
+
+def test_a_commit_refused_for_capacity_leaves_model_and_kernel_as_before(h: Harness) -> None:
+    t = h.port.addresses
+    now = now_ns()
+    free = t.max_entries - 1
+    for i in range(free):
+        t.set_record((4, (10 << 24) | (i << 8), 24), abi.SRC_BAN, abi.Origin.AUTO, (0, now, abi.SRC_BAN, 0))
+    t.commit(now)
+    before = _model(t)
+    extra = (4, 11 << 24, 24)
+    removed = (4, 10 << 24, 24)
+    t.set_record(removed, abi.SRC_BAN, abi.Origin.AUTO, None)  # freed, but only by this commit
+    t.set_record(extra, abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    t.set_record((4, 12 << 24, 24), abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    with pytest.raises(addrtable.CapacityError):
+        t.commit(now)
+    assert _model(t) == before, "the refused edits are undone, the kept entries keep their slots"
+    assert t.get_record(extra, abi.SRC_BAN, abi.Origin.OPERATOR) is None
+    assert t.pending == 0
+    check(t, random.Random(2), now)
+    # The table goes on working: free one slot, then the ban fits.
+    t.set_record(removed, abi.SRC_BAN, abi.Origin.AUTO, None)
+    t.commit(now)
+    t.set_record(extra, abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    t.commit(now)
+    assert t.kernel_answer(ipaddress.ip_address("11.0.0.1"))[0] == t.index_of(extra) != 0
+
+
+def test_a_kernel_write_failing_mid_commit_is_undone_in_the_kernel_too(
+    h: Harness, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from agent.datapath import bpfsys
+
+    t = h.port.addresses
+    now = now_ns()
+    kept = (4, (10 << 24) | (1 << 8), 24)
+    t.set_record(kept, abi.SRC_BAN, abi.Origin.AUTO, (0, now, abi.SRC_BAN, 0))
+    t.set_destinations({(4, 10 << 24, 16): 3})
+    t.commit(now)
+    before = _model(t)
+    real = bpfsys.update_batch
+
+    def fail(*_a: Any, **_kw: Any) -> None:
+        raise OSError(12, "Cannot allocate memory")
+
+    # The entries are written first, then host4 fails: the kernel holds half a commit.
+    monkeypatch.setattr(bpfsys, "update_batch", fail)
+    new = (4, (10 << 24) | (2 << 8) | 9, 32)
+    t.set_record(new, abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    t.set_record(kept, abi.SRC_BAN, abi.Origin.AUTO, None)
+    t.set_destinations({(4, 10 << 24, 16): 4})
+    with pytest.raises(OSError, match="Cannot allocate"):
+        t.commit(now)
+    monkeypatch.setattr(bpfsys, "update_batch", real)
+    # The next commit (here: an empty one) finishes putting the kernel back.
+    t.commit(now)
+    assert _model(t) == before and t.dst == {(4, 10 << 24, 16): 3}
+    assert t.kernel_answer(ipaddress.ip_address("10.0.2.9")) == (0, 3, 0)
+    assert t.kernel_answer(ipaddress.ip_address("10.0.1.1"))[0] == t.index_of(kept) != 0
+    assert h.port.count_entries("host4") == 0
+    check(t, random.Random(3), now)

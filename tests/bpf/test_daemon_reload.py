@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 from harness import Harness, now_ns
 from scapy.layers.inet import IP, UDP
 from scapy.layers.l2 import Ether
@@ -156,4 +157,42 @@ def test_twenty_reloads_while_a_banned_source_floods(h: Harness, tmp_path: Path)
     # Operator ban survived every reload and is enforced.
     assert h.port.addresses.get_record(op, abi.SRC_BAN, abi.Origin.OPERATOR) is not None
     assert h.run_raw(packet("192.0.2.99")).retval == abi.XDP_DROP
+    assert h.run_raw(packet("198.51.100.7")).retval == abi.XDP_DROP
+
+
+def test_a_reload_failing_at_commit_keeps_the_previous_limits_config_and_prefixes(
+    h: Harness, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # It used to write the new group limits and config first, then fail on the prefixes,
+    # and report "previous kept" over a half-applied policy.
+    from agent.datapath.errors import CapacityError
+
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(policy_text(limit="1k"))
+    runtime = PolicyRuntime(policy, h.port)
+    assert runtime.reload("start").ok
+    assert runtime.compiled is not None
+    gid = runtime.compiled.group_ids["web"]
+    group_before = bytes(h.port.read_group(gid))
+    config_before = bytes(h.port.read_config())
+    model_before = {k: e.records() for k, e in h.port.addresses.src.items()}
+
+    table = h.port.addresses
+    real = table._commit
+
+    def full(now: int, full: bool) -> None:
+        real(now, full)  # plans and writes, then the kernel refuses (as a full map would at the end)
+        raise CapacityError("host4 is full: raise capacity.hosts4 in the policy and restart")
+
+    monkeypatch.setattr(table, "_commit", full)
+    policy.write_text(policy_text("192.0.2.0/26", limit="5k") + "mode: monitor\n")
+    outcome = runtime.reload("test")
+    monkeypatch.setattr(table, "_commit", real)
+    assert not outcome.ok and "host4 is full" in outcome.errors[0]
+    table.commit(now_ns())  # finishes putting the kernel back
+    assert bytes(h.port.read_group(gid)) == group_before, "the group's limits are the previous ones"
+    assert bytes(h.port.read_config()) == config_before, "the config is the previous one"
+    assert {k: e.records() for k, e in table.src.items()} == model_before
+    assert table.get_record(prefix_key(ipaddress.ip_network("192.0.2.0/26")), abi.SRC_BAN,
+                            abi.Origin.POLICY) is None
     assert h.run_raw(packet("198.51.100.7")).retval == abi.XDP_DROP

@@ -9,7 +9,11 @@ program itself created.
 from __future__ import annotations
 
 import ipaddress
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from types import SimpleNamespace
+from typing import cast
 
 import pytest
 from harness import Harness, eth, now_ns
@@ -20,8 +24,11 @@ from scapy.packet import Raw
 from agent.contract import abi
 from agent.contract.keys import prefix_key
 from agent.contract.specs import RuleSpec
+from agent.daemon.api import RequestError
+from agent.daemon.parts import Parts
 from agent.daemon.reload import PolicyRuntime
-from agent.daemon.state import Reasons
+from agent.daemon.state import Capture, Reasons
+from agent.daemon.verbs import Actions, Verbs, VerbTable
 from agent.daemon.views import PolicyIndex, bucket_address, explain, list_bans
 
 NS = 1_000_000_000
@@ -180,3 +187,46 @@ def test_bans_name_the_policy_entry_and_the_operator_reason(h: Harness, runtime:
     assert bans[0]["reason"] == "scanner" and 590 < bans[0]["ttl_seconds"] <= 600
     assert str(bans[1]["reason"]).startswith("known flooder (") and bans[1]["ttl_seconds"] is None
     assert [b["prefix"] for b in list_bans(h.port, entries, reasons, "policy", now_ns())] == ["198.51.100.0/24"]
+
+
+# --------------------------------------------------------------------------- operator bans (issue 13)
+
+
+def _verbs(h: Harness, runtime: PolicyRuntime) -> tuple[VerbTable, list[object]]:
+    """The agent's verb table over the real port; ``saved`` gets each state save."""
+    saved: list[object] = []
+    parts = SimpleNamespace(port=h.port, runtime=runtime, reasons=Reasons(),
+                            store=SimpleNamespace(save_now=saved.append))
+    verbs = Verbs(cast(Parts, parts), cast(Actions, None), cast(Callable[[], Capture], lambda: "capture"))
+    return verbs.table(threading.RLock()), saved
+
+
+def test_an_operator_ban_refused_for_a_full_map_is_not_listed_nor_saved(h: Harness, runtime: PolicyRuntime) -> None:
+    table, saved = _verbs(h, runtime)
+    t = h.port.addresses
+    now = now_ns()
+    for i in range(t.max_entries - 1 - len(t.src)):
+        t.set_record((4, (10 << 24) | (i << 8), 24), abi.SRC_BAN, abi.Origin.AUTO, (0, now, abi.SRC_BAN, 0))
+    t.commit(now)
+    with pytest.raises(RequestError, match=r"100\.64\.0\.9/32 is not banned: src_entries is full"):
+        table.serve("ban", {"prefix": "100.64.0.9", "reason": "scanner"})
+    listed = table.serve("bans", {"origin": "operator"})
+    assert listed == [] and saved == []
+    assert t.get_record(prefix_key(ipaddress.ip_network("100.64.0.9/32")), abi.SRC_BAN, abi.Origin.OPERATOR) is None
+
+
+def test_operator_bans_of_everything_or_of_infrastructure_need_force(h: Harness, runtime: PolicyRuntime) -> None:
+    table, saved = _verbs(h, runtime)
+    serve = table.serve
+    with pytest.raises(RequestError, match=r"every address.*--force"):
+        serve("ban", {"prefix": "0.0.0.0/0"})
+    with pytest.raises(RequestError, match=r"every address.*--force"):
+        serve("ban", {"prefix": "::/0"})
+    with pytest.raises(RequestError, match=r"overlaps the infrastructure prefix 192\.0\.2\.0/28 \(.*policy.yaml:\d+\)"):
+        serve("ban", {"prefix": "192.0.2.0/24"})
+    with pytest.raises(RequestError, match="infrastructure"):
+        serve("ban", {"prefix": "192.0.2.3"})
+    assert saved == [] and list(h.port.addresses.records(abi.Origin.OPERATOR)) == []
+    # With force the operator gets what they asked for.
+    assert serve("ban", {"prefix": "192.0.2.3", "force": True, "ttl": 60})["prefix"] == "192.0.2.3/32"
+    assert h.run_raw(udp4("192.0.2.3")).retval == abi.XDP_DROP and saved == ["capture"]

@@ -12,6 +12,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from pyroute2 import NetNS, netns
 
 from agent.datapath import loader
 from agent.datapath.attach import attach, xdp_state
@@ -21,6 +22,7 @@ from agent.datapath.errors import (
     MissingHeadersError,
     MissingPrivilegeError,
     UnknownInterfaceError,
+    UnsupportedLinkError,
     VerifierError,
 )
 from agent.datapath.loader import BuildOptions
@@ -120,3 +122,29 @@ def test_unknown_interface(program: loader.Program) -> None:
     )
     with pytest.raises(UnknownInterfaceError):
         xdp_state("fgnosuch0")
+
+
+@pytest.fixture
+def tun_netns() -> Iterator[str]:
+    """A throwaway network namespace holding a tun device (fgtun0, ARPHRD_NONE) and lo."""
+    name = f"fgtest-{os.getpid()}-tun"
+    netns.create(name)
+    try:
+        with NetNS(name) as ns:
+            ns.link("add", ifname="fgtun0", kind="tuntap", mode="tun")
+        yield name
+    finally:
+        netns.remove(name)
+
+
+@pytest.mark.parametrize(("ifname", "kind"), [("fgtun0", "no link-layer header: tun, WireGuard"), ("lo", "loopback")])
+def test_a_link_without_ethernet_frames_is_refused(program: loader.Program, tun_netns: str, ifname: str,
+                                                   kind: str) -> None:
+    # Issue 13 #9: the parser reads every frame as Ethernet; on a tun, WireGuard or
+    # PPP device it would read IP headers as MAC addresses and filter nothing.
+    with pytest.raises(UnsupportedLinkError) as err:
+        attach(ifname, program.fd, netns=tun_netns)
+    msg = str(err.value)
+    assert f"{ifname} (network namespace {tun_netns}) is not an Ethernet link ({kind}, ARPHRD" in msg
+    assert "Attach floodguard to the Ethernet interface" in msg and "remove it from `interfaces`" in msg
+    assert not xdp_state(ifname, netns=tun_netns).attached, "nothing was attached"

@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 from harness import Harness, eth, now_ns
+from scapy.contrib.mpls import MPLS
 from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.inet6 import (
     ICMPv6EchoRequest,
@@ -24,6 +25,7 @@ from scapy.layers.inet6 import (
     IPv6ExtHdrRouting,
 )
 from scapy.layers.l2 import ARP, Dot1AD, Dot1Q, Ether
+from scapy.layers.ppp import PPP, PPPoE
 from scapy.packet import Raw
 
 from agent.contract import abi
@@ -99,6 +101,10 @@ PARSE_CASES = [
          e6() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(m=1, offset=0) / UDP() / PAY,
          "pass/passed/fragment"),
     Case("IPv6 later fragment", e6() / IPv6ExtHdrFragment(m=0, offset=10, nh=17) / PAY, "pass/passed/fragment"),
+    # Issue 13 #16: after the fragment header of a later fragment comes payload, not headers.
+    Case("IPv6 later fragment: the payload is not walked as extension headers",
+         e6() / IPv6ExtHdrFragment(m=1, offset=10, nh=60) / Raw(b"\x3c\xff" + b"x" * 30),
+         "pass/passed/fragment"),
     Case("IPv6 atomic fragment carries a whole UDP packet",
          e6() / IPv6ExtHdrFragment(m=0, offset=0) / UDP() / PAY, "pass/passed/udp"),
     Case("IPv6 eight extension headers", ext_chain(7), "pass/passed/udp"),
@@ -109,6 +115,19 @@ PARSE_CASES = [
     Case("QinQ, IPv6 TCP SYN",
          eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
          "pass/passed/tcp_syn"),
+    # Issue 13 #9: PPPoE and MPLS passed as non-IP, unfiltered and uncounted as such.
+    Case("PPPoE session, IPv4 UDP",
+         eth() / PPPoE(sessionid=7) / PPP(proto=0x0021) / IP(src=SRC4, dst=DST4) / UDP() / PAY,
+         "pass/passed/udp"),
+    Case("QinQ, PPPoE session, IPv6 TCP SYN",
+         eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / PPPoE(sessionid=7) / PPP(proto=0x0057)
+         / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
+         "pass/passed/tcp_syn"),
+    Case("PPPoE session, LCP is not IP", eth() / PPPoE(sessionid=7) / PPP(proto=0xC021) / PAY,
+         "pass/non_ip/non_ip"),
+    Case("PPPoE discovery is not IP", Ether(type=0x8863) / PAY, "pass/non_ip/non_ip"),
+    Case("MPLS is counted under its own reason",
+         Ether(type=0x8847) / MPLS(label=100, s=1) / IP(src=SRC4, dst=DST4) / UDP() / PAY, "pass/mpls/non_ip"),
     Case("ARP passes", eth() / ARP(), "pass/non_ip/non_ip"),
     Case("LLDP passes", Ether(type=0x88CC) / PAY, "pass/non_ip/non_ip"),
 ]
@@ -116,6 +135,9 @@ PARSE_CASES = [
 MALFORMED_CASES = [
     Case("Ethernet header alone, IPv4 ethertype", cut(e4() / UDP(), 14), "drop/malformed/other"),
     Case("truncated VLAN tag", cut(eth() / Dot1Q() / IP(), 16), "drop/malformed/other"),
+    Case("PPPoE session header cut short", cut(eth() / PPPoE() / PPP() / IP(), 14 + 6), "drop/malformed/other"),
+    Case("PPPoE version 2 is no session frame", eth() / PPPoE(version=2) / PPP(proto=0x0021) / IP() / UDP(),
+         "drop/malformed/other"),
     Case("three VLAN tags", eth() / Dot1AD() / Dot1Q() / Dot1Q() / IP(src=SRC4, dst=DST4) / UDP(),
          "drop/malformed/other"),
     Case("truncated IPv4 header", cut(e4() / UDP(), 14 + 12), "drop/malformed/other"),
@@ -124,6 +146,10 @@ MALFORMED_CASES = [
     Case("IPv4 total length beyond the frame", e4(len=400) / UDP() / PAY, "drop/malformed/udp"),
     Case("IPv4 IHL 15 beyond the frame", patch(e4() / UDP(), 14, b"\x4f"), "drop/malformed/udp"),
     Case("truncated TCP header", cut(e4(len=30) / TCP(), 14 + 30), "drop/malformed/tcp_other"),
+    # RFC 1858: offset 1 (8 bytes) lands on the TCP flags of the first fragment, which
+    # is how an overlap turns an ACK the first stages saw into a SYN the server gets.
+    Case("IPv4 TCP fragment at offset 8 bytes (overlaps the TCP flags)", e4(frag=1, proto=6) / PAY,
+         "drop/malformed/fragment"),
     Case("TCP data offset below 5", e4() / TCP(dataofs=3), "drop/malformed/tcp_other"),
     Case("TCP data offset beyond the frame", e4() / TCP(dataofs=15), "drop/malformed/tcp_other"),
     Case("truncated UDP header", cut(e4(len=24) / UDP(), 14 + 24), "drop/malformed/udp"),

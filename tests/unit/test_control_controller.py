@@ -653,3 +653,27 @@ def test_an_always_authenticated_group_has_no_syn_auth_to_lift_when_the_attack_e
     assert [(m.step, m.action) for m in attack.history.mitigations if m.step == "syn_auth"] == [("syn_auth", "applied")]
     assert events(logs, "mitigation_removed", step="syn_auth") == []
     assert attack.to_dict()["ladder_steps"] == [], "syn_auth is no ladder step, and nothing else was needed"
+
+
+def test_a_ban_the_kernel_refuses_is_skipped_and_recorded_and_the_tick_goes_on(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A full src_entries map used to raise out of tick(): no rules, tightening or SYN auth
+    # for any group, every tick, for as long as the map stayed full.
+    from agent.datapath.errors import CapacityError
+
+    sc = scenario()
+
+    def full(*_a: Any, **_kw: Any) -> None:
+        raise CapacityError("src_entries is full (4095 prefixes): raise capacity.prefixes in the policy and restart")
+
+    monkeypatch.setattr(sc.port, "ban", full)
+    heavy_hitter(sc, ATTACKER, 10)
+    with capture_logs() as logs:
+        sc.run(10)
+    (attack,) = sc.controller.attacks()
+    assert attack.history.bans == 0 and sc.port.bans == {}
+    assert any("ban of 198.19.7.7/32 failed: src_entries is full" in n for n in attack.history.notes)
+    assert len(events(logs, "mitigation_skipped", step="ban")) == 1, "logged once, not every tick"
+    # The tick went on: the per-source rule is in force and kept fresh to the last tick.
+    assert sc.port.rules and all(r.expires_ns > sc.port.clock_ns for r in sc.port.rules)

@@ -9,16 +9,27 @@ from __future__ import annotations
 
 import ipaddress
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
+import pytest
 from structlog.testing import capture_logs
 
 from agent.contract import abi
 from agent.contract.keys import PrefixKey, Record, prefix_key
-from agent.daemon.state import FILENAME, Capture, Reasons, State, StateStore, load, restore, save, snapshot
+from agent.daemon.state import (
+    FILENAME,
+    Capture,
+    Reasons,
+    SavedEntry,
+    State,
+    StateStore,
+    load,
+    restore,
+    save,
+    snapshot,
+)
 
 NS = 1_000_000_000
 
@@ -215,10 +226,74 @@ def test_a_state_file_written_by_an_earlier_version_loads(tmp_path: Path) -> Non
     store.close()
 
 
-def test_an_unreadable_file_is_logged_and_ignored(tmp_path: Path) -> None:
+def test_an_unreadable_file_is_kept_aside_and_the_agent_starts_without_it(tmp_path: Path) -> None:
+    # It used to be logged, then overwritten by the first save: the bans it held were gone.
     (tmp_path / FILENAME).write_text("{not json")
     with capture_logs() as logs:
         assert StateStore(tmp_path).load() is None
-    assert logs[0]["event"] == "state_unreadable" and "move it away" in logs[0]["error"]
-    os.unlink(tmp_path / FILENAME)
+    (kept,) = tmp_path.glob(f"{FILENAME}.bad-*")
+    assert kept.read_text() == "{not json" and not (tmp_path / FILENAME).exists()
+    assert logs[0]["event"] == "state_unreadable" and logs[0]["kept"] == str(kept)
     assert StateStore(tmp_path).load() is None
+
+
+@pytest.mark.parametrize("text", [
+    json.dumps({"version": 2, "entries": []}),
+    json.dumps([1, 2, 3]),
+    b"\xff\xfe not utf-8",
+])
+def test_an_unknown_version_or_shape_is_kept_aside(tmp_path: Path, text: str | bytes) -> None:
+    path = tmp_path / FILENAME
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    assert load(tmp_path) is None
+    assert len(list(tmp_path.glob(f"{FILENAME}.bad-*"))) == 1 and not path.exists()
+
+
+def test_each_entry_is_checked_on_its_own_and_the_valid_ones_are_restored(tmp_path: Path) -> None:
+    good = {"prefix": "198.51.100.7/32", "kind": "ban", "origin": "operator", "monitor": False,
+            "expires": 0, "created": 0, "reason": "scanner"}
+    (tmp_path / FILENAME).write_text(json.dumps({
+        "version": 1,
+        "group_ids": {"web": 1, "dns": "x"},
+        "reasons": {"1": "scanner", "two": "bad id"},
+        "ban_counts": [["198.51.100.7/32", 2]],  # wrong shape: raised TypeError
+        "entries": [
+            good,
+            ["not", "an", "object"],  # raised TypeError
+            {**good, "prefix": "10.0.0.1/8"},  # raised ValueError outside any handler
+            {**good, "prefix": "192.0.2.1", "kind": "Ban"},  # was restored as an allow
+            {**good, "prefix": "192.0.2.2", "origin": "policy"},
+            {**good, "prefix": "192.0.2.3", "expires": "soon"},
+            {"prefix": "192.0.2.4"},
+        ],
+    }))
+    with capture_logs() as logs:
+        st = load(tmp_path)
+    assert st is not None
+    assert st.entries == [SavedEntry(**good)] and st.group_ids == {"web": 1} and st.reasons == {1: "scanner"}
+    assert st.ban_counts == {}
+    recs = restore(st, Reasons(st.reasons))
+    assert [(k, kind) for k, kind, _o, _r in recs] == [(key("198.51.100.7/32"), abi.SRC_BAN)]
+    (skipped,) = [e for e in logs if e["event"] == "state_entries_skipped"]
+    assert "9 invalid item(s)" in skipped["error"]
+    (kept,) = tmp_path.glob(f"{FILENAME}.bad-*")
+    assert (tmp_path / FILENAME).exists() and kept.read_bytes() == (tmp_path / FILENAME).read_bytes()
+
+
+def test_a_saved_expiry_past_the_longest_ttl_is_cut_to_it() -> None:
+    # An expiry 1e11 s away overflowed the kernel's u64 clock: the start raised, the service crash-looped.
+    from agent.contract.clock import MAX_TTL
+
+    entry = SavedEntry(prefix="10.0.0.0/8", kind="ban", origin="operator", monitor=False,
+                       expires=time.time() + 1e11, created=0.0, reason="")
+    ((_k, _kind, _o, rec),) = restore(State(entries=[entry]), Reasons())
+    now = time.clock_gettime_ns(time.CLOCK_MONOTONIC)
+    assert now < rec[0] <= now + (MAX_TTL + 5) * 10**9
+
+
+def test_restore_never_guesses_a_kind() -> None:
+    entry = SavedEntry(prefix="10.0.0.0/8", kind="Ban", origin="operator", monitor=False,
+                       expires=0.0, created=0.0, reason="")
+    assert restore(State(entries=[entry]), Reasons()) == []
+
+

@@ -31,7 +31,7 @@ from agent.policy import load_policy
 CLI_REQUESTS = {
     "status": {},
     "bans": {"origin": "operator"},
-    "ban": {"prefix": "198.51.100.7/32", "ttl": 600.0, "reason": "scanner"},
+    "ban": {"prefix": "198.51.100.7/32", "ttl": 600.0, "reason": "scanner", "force": True},
     "unban": {"prefix": "198.51.100.7/32"},
     "explain": {"ip": "192.0.2.1"},
     "attacks": {"recent": 20},
@@ -103,7 +103,7 @@ def test_wrong_types_are_refused(verb: str, args: dict[str, object], expected: s
 def test_unknown_and_missing_arguments_are_refused() -> None:
     table = real_table()
     assert refused(table, "ban", {"prefix": "198.51.100.7", "tll": 60}) == \
-        "ban does not take 'tll'; it takes prefix, ttl, reason"
+        "ban does not take 'tll'; it takes prefix, ttl, reason, force"
     assert refused(table, "status", {"verbose": True}) == "status takes no arguments, not 'verbose'"
     assert refused(table, "detach", {"force": 1}) == "detach takes no arguments, not 'force'"
     assert refused(table, "ban", {}) == "ban needs prefix"
@@ -116,6 +116,10 @@ def test_values_are_checked_where_they_are_parsed() -> None:
     assert "not an IP address or prefix" in refused(table, "unban", {"prefix": "300.1.2.3"})
     assert "not an IP address" in refused(table, "explain", {"ip": "nope"})
     assert "--ttl must be positive" in refused(table, "ban", {"prefix": "192.0.2.1", "ttl": 0})
+    # A ttl past a year overflowed the kernel's expiry and poisoned the address model (issue 13).
+    assert "longer than a year" in refused(table, "ban", {"prefix": "10.0.0.0/8", "ttl": 1e11})
+    # Reasons are saved with every ban and shown in tables: bounded (issue 13).
+    assert "at most 200 are kept" in refused(table, "ban", {"prefix": "192.0.2.1", "reason": "x" * 201})
     assert "origin must be one of policy, operator, auto" in refused(table, "bans", {"origin": "me"})
     assert "n must be 1 or more" in refused(table, "top", {"n": 0})
     assert "recent must be 0 or more" in refused(table, "attacks", {"recent": -1})

@@ -17,6 +17,7 @@ from agent.policy import (
     load_policy_or_raise,
     restart_required,
 )
+from agent.policy.compile import compile_policy
 from agent.policy.model import Limits
 
 REPO = Path(__file__).resolve().parents[2]
@@ -84,6 +85,16 @@ def test_units_become_plain_numbers(here: Path) -> None:
     assert (policy.limits.tcp_syn.bps, policy.limits.tcp_syn.burst) == (0, 1000), "bps stays unlimited"
     assert policy.detection.tick == 0.25 and policy.detection.hold_down == 120.0
     assert policy.mitigation.ban_ttl == 5400.0 and policy.mitigation.max_bans == 20_000
+
+
+def test_syn_challenges_have_a_gateway_wide_cap(here: Path) -> None:
+    # Issue 13 #16: per-group caps alone let N groups aim N x challenge_pps at one victim.
+    write(here, {"policy.yaml": "interfaces: [eth0]\nsyn_auth: {challenge_pps: 5k}\n"})
+    policy = load_policy_or_raise("policy.yaml")
+    assert compile_policy(policy).desired.config.challenge_pps_total == 10_000, "default: twice challenge_pps"
+    write(here, {"policy.yaml": "interfaces: [eth0]\nsyn_auth: {challenge_pps_total: 2k}\n"})
+    policy = load_policy_or_raise("policy.yaml")
+    assert compile_policy(policy).desired.config.challenge_pps_total == 2000
 
 
 def test_group_overrides_resolve_field_by_field(here: Path) -> None:

@@ -1,0 +1,86 @@
+"""One agent at a time: an flock on a file beside the control socket.
+
+A second `floodguard run` would unlink the live agent's socket (its CLI goes
+dark) and share its pins and maps (two writers, two models of one table).
+The lock is held for the life of the process: the kernel drops it when the
+process dies, however it dies, so a stale file never blocks a start.
+`floodguard detach` asks the same lock whether an agent still runs before
+it removes anything.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import os
+from pathlib import Path
+
+from . import StartupError
+
+FILENAME = "floodguard.lock"
+
+
+def lock_path(socket: Path | str) -> Path:
+    """The lock of the agent whose control socket is ``socket``."""
+    return Path(socket).parent / FILENAME
+
+
+class InstanceLock:
+    """Held by the running agent; ``release`` (or the process's end) lets the next one start."""
+
+    def __init__(self, path: Path, fd: int) -> None:
+        self.path = path
+        self._fd: int | None = fd
+
+    @classmethod
+    def take(cls, path: Path) -> InstanceLock:
+        """The lock, or StartupError naming the agent that holds it."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = _read_pid(fd)
+            os.close(fd)
+            who = f"pid {pid}" if pid else "another process"
+            raise StartupError(
+                f"floodguard is already running ({who} holds {path}): stop it first "
+                f"(`systemctl stop floodguard`), or give this one its own control.socket and pin root"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        return cls(path, fd)
+
+    def release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing drops the flock
+            self._fd = None
+
+
+def holder(path: Path) -> int | None:
+    """The pid of the agent holding the lock at ``path`` (0 if unknown), or None when no agent runs."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except FileNotFoundError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _read_pid(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def _read_pid(fd: int) -> int:
+    with contextlib.suppress(OSError, ValueError):
+        return int(os.pread(fd, 32, 0).decode().strip() or 0)
+    return 0
+
+
+__all__ = ["FILENAME", "InstanceLock", "holder", "lock_path"]

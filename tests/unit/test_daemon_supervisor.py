@@ -1,0 +1,54 @@
+"""agent/daemon/supervisor.py: what start refuses before touching anything, and what a save keeps."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pytest
+
+from agent.contract import abi
+from agent.daemon import StartupError
+from agent.daemon.parts import Parts
+from agent.daemon.state import Reasons
+from agent.daemon.supervisor import Supervisor
+from agent.datapath import pins
+
+
+def test_a_second_agent_refuses_to_start_before_touching_socket_or_pins(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A second `floodguard run` used to unlink the live agent's socket and share its pins.
+    sock = tmp_path / "run" / "control.sock"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"interfaces: [lo]\ncontrol: {{socket: {sock}, group: null}}\nstate_dir: {tmp_path / 'state'}\n")
+    sock.parent.mkdir()
+    held = os.open(sock.parent / "floodguard.lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the running agent
+    os.write(held, b"4242\n")
+
+    def reached(*_a: Any, **_kw: Any) -> None:
+        raise AssertionError("the second agent went on to the pins")
+
+    monkeypatch.setattr(pins, "prepare", reached)
+    try:
+        with pytest.raises(StartupError, match=r"already running \(pid 4242 holds .*floodguard.lock\)"):
+            Supervisor(policy, pin_root=str(tmp_path / "bpf")).start()
+    finally:
+        os.close(held)
+
+
+def test_a_save_drops_reason_texts_no_record_refers_to(tmp_path: Path) -> None:
+    # Every automatic ban has a text of its own: kept for ever, they piled up in memory and on disk.
+    records = [((4, 1, 32), abi.SRC_BAN, abi.Origin.OPERATOR, (0, 0, abi.SRC_BAN, 2))]
+    reasons = Reasons({1: "auto: an attack long over", 2: "scanner", 3: "another"})
+    sup = Supervisor(tmp_path / "policy.yaml")
+    sup.parts = cast(Parts, SimpleNamespace(
+        port=SimpleNamespace(addresses=SimpleNamespace(records=lambda: iter(records))),
+        reasons=reasons, runtime=SimpleNamespace(compiled=None)))
+    capture = sup._capture()
+    assert reasons.texts == {2: "scanner"} and capture.reasons == {2: "scanner"}
+    assert reasons.id_of("scanner") == 2
