@@ -160,10 +160,7 @@ class InterfaceWatcher:
     def _link_event(self, itf: Iface, msg: Any) -> None:
         log.debug("link_event", interface=itf.name, change=msg["event"], ifindex=msg["index"])
         if msg["event"] == "RTM_DELLINK":
-            log.warning("interface_lost", interface=itf.name, ifindex=itf.ifindex)
-            if itf.ifindex:
-                self._port.set_ifslot(itf.ifindex, 0)
-            itf.prog_id, itf.ifindex = 0, 0
+            self._lost(itf)
             return
         xdp = msg.get_attr("IFLA_XDP")
         prog_id = xdp.get_attr("IFLA_XDP_PROG_ID") if xdp is not None else None
@@ -171,6 +168,15 @@ class InterfaceWatcher:
             with self._lock:
                 if not self.detaching:
                     self._attach(itf)
+
+    def _lost(self, itf: Iface) -> None:
+        """The interface is gone: free its counter slot, and say so once (the netlink event and the
+        periodic check may both see the same deletion)."""
+        if itf.ifindex or itf.prog_id:
+            log.warning("interface_lost", interface=itf.name, ifindex=itf.ifindex)
+        if itf.ifindex:
+            self._port.set_ifslot(itf.ifindex, 0)
+        itf.prog_id, itf.ifindex = 0, 0
 
     def check(self) -> None:
         """Belt and braces for missed netlink events: every few seconds, each interface's XDP state."""
@@ -182,9 +188,7 @@ class InterfaceWatcher:
             try:
                 st = attach.xdp_state(itf.name)
             except InterfaceError:
-                if itf.prog_id:
-                    log.warning("interface_lost", interface=itf.name)
-                itf.prog_id = 0
+                self._lost(itf)
                 continue
             if st.prog_id != self._prog_id:
                 self._attach(itf)
