@@ -9,6 +9,7 @@ the active ones; it is kept, finished, among the recent ones.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections import Counter, deque
 
@@ -220,6 +221,11 @@ class Tracker:
             return  # evidence thins out as a mitigation bites; an attack does not become a surge
         if prev is not None and prev.lever is not Lever.NONE and v.lever is Lever.NONE:
             return
+        if prev is not None and (prev.kind, prev.lever) == (v.kind, v.lever):
+            # The same lever: keep the limits it was given. The learned rates they come from drift a
+            # little every tick, and a new limit would replace the rule (and restart the ladder's
+            # wait before a ban) each time.
+            v = dataclasses.replace(v, source_pps=prev.source_pps, shape_pps=prev.shape_pps)
         a.verdict = v
         if prev is not None and prev.kind is Kind.SURGE and v.kind is Kind.ATTACK:
             self.started_by_vector[str(a.vector)] += 1  # counted as an attack from now on
