@@ -183,7 +183,10 @@ def test_killing_the_daemon_mid_attack_lets_everything_expire() -> None:
                 while time.monotonic() < deadline and port.read_config().n_rules == 0:
                     time.sleep(0.05)
                 assert port.read_config().n_rules >= 1, "a rule against the reflection"
-                rule_drops = lambda: int(port.read_stats()[:, abi.Reason.RULE_DROP, :, :, 0].sum())  # noqa: E731
+                # dropped by the rule, whether it drops its shape or limits it (the judge's choice depends
+                # on what the fresh agent's profile learned in its first calm ticks)
+                rule_drops = lambda: int(port.read_stats()[:, [abi.Reason.RULE_DROP, abi.Reason.RULE_RATE_LIMITED],  # noqa: E731
+                                                           :, :, 0].sum())
                 while time.monotonic() < deadline + 5 and rule_drops() == 0:
                     time.sleep(0.05)  # trafgen sends each second's packets in a burst
                 assert rule_drops() > 0
