@@ -86,8 +86,8 @@ MIN_SOURCE_SAMPLES = 20
 #: real client of a kind the group has not seen yet is not); with distress, above the limit is enough.
 ABUSIVE_MULTIPLE = 5.0
 #: A source of other TCP sampled sending at least one SYN per this many other packets opens its
-#: connections as real clients do (a new connection per request is about 5): without distress caused
-#: by its class it is a busy client (a CGNAT address, a proxy), not a flood. A raw ACK flood has none.
+#: connections as real clients do (a new connection per request is about 5): it is a busy client (a
+#: CGNAT address, a proxy), never limited as a flood. A raw ACK flood has no SYNs.
 OTHER_PER_SYN_MAX = 50
 #: Floors of a per-source limit (pps), per class: well above any one real client of a small site.
 SOURCE_FLOOR_PPS = {
@@ -401,7 +401,9 @@ def _abusive(i: Inputs, source_limit: int) -> list[dict[str, object]] | None:
         # A SYN sender whose ACKs and data are sampled at least as often as its SYNs completes its
         # handshakes: a busy real client (a CGNAT address, a proxy), not a flood, however fast.
         heavy = [(src, pps, n) for src, pps, n in heavy if i.acks_from.get(src, 0) < n]
-    if i.cls is C.TCP_OTHER and not i.distress.hurting:
+    if i.cls is C.TCP_OTHER:
+        # distress or not: limiting a source that opens its connections as real clients do is the very
+        # harm the product must not cause (a flood of another class can fill the link meanwhile)
         heavy = [(src, pps, n) for src, pps, n in heavy if i.syns_from.get(src, 0) * OTHER_PER_SYN_MAX < n]
     if not heavy or sum(n for _, _, n in heavy) < ABUSIVE_SHARE * s.samples:
         return None

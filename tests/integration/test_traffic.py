@@ -488,7 +488,7 @@ def test_server_link_limit_counts_its_drops(lab: Lab) -> None:
     # spread it wider, and the bound grows with it), plus the bucket's burst and the queue.
     frame_bits = 8 * (1400 + 8 + 20 + 14)
     carried = 10e6 / frame_bits * (report.seconds + 0.2) + 64
-    assert stats["packets"] + stats["drops"] >= report.packets_sent
+    assert stats["packets"] + stats["drops"] >= report.packets_sent - 64  # a few may still be queued
     assert 0 < stats["packets"] <= carried and stats["drops"] >= report.packets_sent - carried, (stats, report)
     link.remove()  # twice is fine
 

@@ -242,5 +242,7 @@ def test_a_busy_source_of_other_tcp_opening_its_connections_is_a_client_not_a_fl
     tcp = {"cls": C.TCP_OTHER, "shape": Classification(Vector.TCP_OTHER_FLOOD, dport=80), "sources": busy,
            "class_pps": 30_000.0, "normal_pps": 100.0}
     assert judge(inputs(**tcp, syns_from={src: 100})).kind is Kind.SURGE
+    hurting = Distress(True, "its link is 98% full", load=0.98)
+    assert judge(inputs(**tcp, syns_from={src: 100}, distress=hurting, class_share=0.3)).lever is not Lever.SOURCES
     flood = judge(inputs(**tcp, syns_from={}))
     assert (flood.kind, flood.lever) == (Kind.ATTACK, Lever.SOURCES)
