@@ -19,6 +19,16 @@ from agent.bench import _util
     ids=["term", "hup", "int"],
 )
 def test_a_signal_ends_the_run_and_finally_blocks_run(sig: signal.Signals, raised: type[BaseException]) -> None:
+    # A run started under nohup, or in the background of a shell without job control, inherits SIGHUP or
+    # SIGINT ignored, which signals_end_the_run rightly keeps ignored: start from the default disposition.
+    inherited = signal.signal(sig, signal.default_int_handler if sig == signal.SIGINT else signal.SIG_DFL)
+    try:
+        _ends_the_run(sig, raised)
+    finally:
+        signal.signal(sig, inherited)
+
+
+def _ends_the_run(sig: signal.Signals, raised: type[BaseException]) -> None:
     before = signal.getsignal(sig)
     ran = []
     with pytest.raises(raised) as err, _util.signals_end_the_run():
