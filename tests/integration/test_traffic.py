@@ -429,7 +429,8 @@ def test_unprotected_syn_flood_overflows_the_backlog_and_refuses_users(lab: Lab)
     print(result.summary())
     print(f"listen counters during the flood: {result.listen}")
     assert result.baseline["http"].success_pct == 100.0
-    assert abs(result.flood.pps - DEFAULTS.flood_pps) <= 0.3 * DEFAULTS.flood_pps
+    # exactly its count (run_scenario waits for the last lanes): the achieved rate is printed, not judged
+    assert result.flood.packets_sent == DEFAULTS.flood_pps * 3
     assert result.gateway_rx_packets >= result.flood.packets_sent
     assert result.listen.overflowed and result.listen.req_q_full_drop > 0.5 * result.flood.packets_sent
     assert result.during["http"].success_pct < 50.0
