@@ -17,7 +17,7 @@ from harness import Harness, now_ns
 
 from agent.contract import abi
 from agent.contract.keys import PrefixKey
-from agent.datapath import addrtable
+from agent.datapath import _expiries, addrtable
 from agent.datapath.addrtable import AddressTable, merge
 
 ORIGINS = list(abi.Origin)
@@ -245,7 +245,7 @@ def test_expire_with_10k_records_none_due_looks_at_none(h: Harness, monkeypatch:
             return real(*a, **kw)
         return call
 
-    monkeypatch.setattr(addrtable, "heappop", counted("heappop", addrtable.heappop))
+    monkeypatch.setattr(_expiries, "heappop", counted("heappop", _expiries.heappop))
     monkeypatch.setattr(t, "records", counted("records", t.records))
     monkeypatch.setattr(t, "get_record", counted("get_record", t.get_record))
     for tick in range(10):

@@ -178,16 +178,17 @@ def test_a_reload_failing_at_commit_keeps_the_previous_limits_config_and_prefixe
     model_before = {k: e.records() for k, e in h.port.addresses.src.items()}
 
     table = h.port.addresses
-    real = table._commit
+    committer = table._committer
+    real = committer._commit
 
     def full(now: int, full: bool) -> None:
         real(now, full)  # plans and writes, then the kernel refuses (as a full map would at the end)
         raise CapacityError("host4 is full: raise capacity.hosts4 in the policy and restart")
 
-    monkeypatch.setattr(table, "_commit", full)
+    monkeypatch.setattr(committer, "_commit", full)
     policy.write_text(policy_text("192.0.2.0/26", limit="5k") + "mode: monitor\n")
     outcome = runtime.reload("test")
-    monkeypatch.setattr(table, "_commit", real)
+    monkeypatch.setattr(committer, "_commit", real)
     assert not outcome.ok and "host4 is full" in outcome.errors[0]
     table.commit(now_ns())  # finishes putting the kernel back
     assert bytes(h.port.read_group(gid)) == group_before, "the group's limits are the previous ones"
