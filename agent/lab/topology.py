@@ -135,7 +135,6 @@ silently in ``up``'s blackhole (unless the spoofed address is a real lab host).
 from __future__ import annotations
 
 import atexit
-import errno
 import ipaddress
 import os
 import re
@@ -143,17 +142,18 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from ipaddress import IPv4Address, IPv4Interface, IPv4Network, IPv6Address, IPv6Interface, IPv6Network
+from ipaddress import IPv4Address, IPv4Network, IPv6Address, IPv6Network
 from types import TracebackType
-from typing import Any, Literal, Self, TypeVar
+from typing import Any, Self, TypeVar
 
 import structlog
 from pyroute2 import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from agent.lab import _ethtool, _netns
+from agent.lab._build import NUD_PERMANENT, Builder, destroy_namespace, lookup, netlink_reason
 from agent.lab._errors import (
     InvalidNameError,
     MissingFeatureError,
@@ -164,6 +164,7 @@ from agent.lab._errors import (
     TopologyBuildError,
     TopologyError,
 )
+from agent.lab._shapes import End, Iface, Link, LinkStats, Network, Node, Route
 
 __all__ = [
     "FAMILY_PREFIX",
@@ -200,22 +201,6 @@ FAMILY_PREFIX = "fg"
 IFNAME_MAX = 15  # IFNAMSIZ - 1
 _NAME_RE = re.compile(r"^[A-Za-z0-9_.-]+$")
 
-# Kernel constants (linux/rtnetlink.h, if_addr.h, neighbour.h, if.h).
-_NUD_PERMANENT = 0x80
-_IFA_F_NODAD = 0x02
-_IFF_NOARP = 0x80
-_IFF_MULTICAST = 0x1000
-_RTN_LOCAL = 2
-_RTN_BLACKHOLE = 6
-_RT_SCOPE_HOST = 254
-_RT_TABLE_LOCAL = 255
-_LOOPBACK_INDEX = 1
-
-Address = IPv4Address | IPv6Address
-Interface = IPv4Interface | IPv6Interface
-Network = IPv4Network | IPv6Network
-
-
 def _log() -> Any:
     return structlog.get_logger("agent.lab.topology")
 
@@ -251,148 +236,6 @@ def run_prefix(tag: str = "") -> str:
 
 # --- declaration -----------------------------------------------------------------------
 
-RouteKind = Literal["via", "blackhole", "local"]
-
-
-@dataclass(frozen=True)
-class Route:
-    """One route of a node.
-
-    ``kind="via"``: ``dst`` through next hop ``via``; ``"blackhole"``: drop
-    silently; ``"local"``: deliver every address of ``dst`` locally (a route in
-    the local table on ``lo``, like ``ip route add local``). ``dst`` is a network
-    such as ``"203.0.113.0/24"``; the default routes are ``"0.0.0.0/0"`` and
-    ``"::/0"``.
-    """
-
-    dst: str
-    via: str | None = None
-    kind: RouteKind = "via"
-
-    def __post_init__(self) -> None:
-        try:
-            network = ipaddress.ip_network(self.dst)
-        except ValueError as exc:
-            raise ValueError(f"route destination {self.dst!r} is not a network: {exc}") from None
-        if (self.kind == "via") != (self.via is not None):
-            raise ValueError(f"route to {self.dst}: a next hop (via=) is needed exactly for kind='via'")
-        if self.via is not None and ipaddress.ip_address(self.via).version != network.version:
-            raise ValueError(f"route to {self.dst}: next hop {self.via} is of the other IP version")
-
-    @property
-    def network(self) -> Network:
-        return ipaddress.ip_network(self.dst)
-
-
-@dataclass(frozen=True)
-class Node:
-    """A network namespace. Routers get ``forwarding=True``."""
-
-    name: str
-    forwarding: bool = False
-    rp_filter: int = 0
-    routes: tuple[Route, ...] = ()
-
-
-@dataclass(frozen=True)
-class End:
-    """One end of a veth pair: node, interface name (unprefixed), addresses with prefix length.
-
-    ``gro=True`` enables GRO, which gives the end a NAPI receive ring; XDP_TX
-    and XDP_REDIRECT from its *peer* need that (see the module docstring).
-    """
-
-    node: str
-    ifname: str
-    addresses: tuple[str, ...] = ()
-    gro: bool = False
-
-    @property
-    def interfaces(self) -> tuple[Interface, ...]:
-        return tuple(ipaddress.ip_interface(a) for a in self.addresses)
-
-    @property
-    def has_ipv6(self) -> bool:
-        return any(i.version == 6 for i in self.interfaces)
-
-
-@dataclass(frozen=True)
-class Link:
-    """A veth pair between two ends."""
-
-    a: End
-    b: End
-    mtu: int = 1500
-    tx_checksum_offload: bool = False
-
-    @property
-    def ends(self) -> tuple[tuple[End, End], tuple[End, End]]:
-        """``((end, peer), (peer, end))``."""
-        return ((self.a, self.b), (self.b, self.a))
-
-
-# --- built objects ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class Iface:
-    """One built end of a veth pair, as seen inside its namespace."""
-
-    node: str
-    ns: str
-    ifname: str
-    ifindex: int
-    mac: str
-    addresses: tuple[Interface, ...]
-    peer_ns: str
-    peer_ifname: str
-    mtu: int
-    gro: bool
-
-    @property
-    def netns_path(self) -> str:
-        return _netns.netns_path(self.ns)
-
-    @property
-    def has_ipv6(self) -> bool:
-        return any(a.version == 6 for a in self.addresses)
-
-    @property
-    def ipv4(self) -> IPv4Address:
-        """The first IPv4 address (raises :class:`TopologyError` if there is none)."""
-        for a in self.addresses:
-            if isinstance(a, IPv4Interface):
-                return a.ip
-        raise TopologyError(f"interface {self.ifname} in {self.ns} has no IPv4 address")
-
-    @property
-    def ipv6(self) -> IPv6Address:
-        """The first IPv6 address (raises :class:`TopologyError` if there is none)."""
-        for a in self.addresses:
-            if isinstance(a, IPv6Interface):
-                return a.ip
-        raise TopologyError(f"interface {self.ifname} in {self.ns} has no IPv6 address")
-
-
-@dataclass(frozen=True)
-class LinkStats:
-    """Interface counters (IFLA_STATS64)."""
-
-    rx_packets: int
-    tx_packets: int
-    rx_bytes: int
-    tx_bytes: int
-    rx_dropped: int
-    tx_dropped: int
-
-    @property
-    def packets(self) -> int:
-        return self.rx_packets + self.tx_packets
-
-
-# --- the topology ----------------------------------------------------------------------
-
-
 def _check_name(kind: str, name: str, limit: int) -> None:
     if not name or not _NAME_RE.match(name):
         raise InvalidNameError(f"{kind} name {name!r} is not usable: use letters, digits, '_', '.', '-' only")
@@ -401,12 +244,6 @@ def _check_name(kind: str, name: str, limit: int) -> None:
             f"{kind} name {name!r} is {len(name.encode())} characters; Linux allows at most {limit}: "
             "use a shorter prefix or name"
         )
-
-
-def _netlink_reason(exc: BaseException) -> str:
-    if isinstance(exc, NetlinkError):
-        return f"{os.strerror(exc.code)} (errno {exc.code})"
-    return f"{type(exc).__name__}: {exc}"
 
 
 class Topology:
@@ -423,7 +260,6 @@ class Topology:
         self._inodes: dict[str, int] = {}
         self._ifaces: dict[tuple[str, str], Iface] = {}
         self._processes: list[subprocess.Popen[Any]] = []
-        self._session: dict[str, Any] | None = None
         self._built = False
         for node in nodes:
             if node.name in self.nodes:
@@ -517,14 +353,14 @@ class Topology:
         started = time.monotonic()
         atexit.register(self._teardown_at_exit)
         try:
-            self._build()
+            self._ifaces.update(Builder(self.prefix, self.nodes, self.links, self._inodes).run())
         except BaseException as exc:
             try:
                 self.teardown()
             except TeardownError as err:
                 _log().error("topology_teardown_failed", prefix=self.prefix, error=str(err))
             if isinstance(exc, NetlinkError | OSError):
-                raise TopologyBuildError(f"building topology {self.prefix}*: {_netlink_reason(exc)}") from exc
+                raise TopologyBuildError(f"building topology {self.prefix}*: {netlink_reason(exc)}") from exc
             raise
         self._built = True
         _log().info(
@@ -546,9 +382,9 @@ class Topology:
                 # Gone already, or replaced by a newer build that owns it now.
                 continue
             try:
-                _destroy_namespace(ns, ino)
+                destroy_namespace(ns, ino)
             except Exception as exc:  # noqa: BLE001 — teardown goes on and reports every failure at the end
-                problems.append(f"{ns}: {_netlink_reason(exc)}")
+                problems.append(f"{ns}: {netlink_reason(exc)}")
         removed = list(self._inodes)
         self._inodes.clear()
         self._ifaces.clear()
@@ -566,263 +402,12 @@ class Topology:
         except TopologyError as err:
             _log().error("topology_teardown_failed", prefix=self.prefix, error=str(err))
 
-    # -- build steps --------------------------------------------------------------------
-
-    def _build(self) -> None:
-        # One netlink socket per namespace for the whole build: opening one in
-        # a namespace forks a helper process, which dominates the build time.
-        self._session = {}
-        try:
-            self._build_steps()
-        finally:
-            session, self._session = self._session, None
-            for ipr in session.values():
-                ipr.close()
-
-    def _build_steps(self) -> None:
-        owner = _netns.Owner.current()
-        for node in self.nodes.values():
-            self._create_namespace(node, owner)
-        for node in self.nodes.values():
-            self._configure_namespace(node)
-        macs: dict[tuple[str, str], str] = {}
-        for link in self.links:
-            self._create_link(link)
-            for end, _ in link.ends:
-                macs[(end.node, end.ifname)] = self._prepare_end(link, end)
-        for node in self.nodes.values():
-            self._enable_forwarding(node)
-        for link in self.links:
-            for end, peer in link.ends:
-                self._address_end(end, peer, macs[(peer.node, peer.ifname)])
-        for link in self.links:
-            for end, _ in link.ends:
-                self._set_up(end)
-        for link in self.links:
-            for end, peer in link.ends:
-                self._ifaces[(end.node, self.ifname(end.ifname))] = self._read_iface(link, end, peer)
-        for node in self.nodes.values():
-            self._build_routes(node)
-
-    def _node_has_ipv6(self, node: Node) -> bool:
-        return any(r.network.version == 6 for r in node.routes) or any(
-            end.node == node.name and end.has_ipv6 for link in self.links for end, _ in link.ends
-        )
-
-    def _create_namespace(self, node: Node, owner: _netns.Owner) -> None:
-        ns = self.prefix + node.name
-        if _netns.exists(ns):
-            _log().warning("stale_namespace_replaced", ns=ns, owner=str(_netns.read_owner(ns)))
-            _destroy_namespace(ns, _netns.inode(ns))
-        try:
-            self._inodes[ns] = _netns.create(ns, owner)
-        except (OSError, NetlinkError) as exc:
-            if isinstance(exc, OSError) and exc.errno in (errno.EINVAL, errno.ENOSYS):
-                raise MissingFeatureError(
-                    f"cannot create network namespace {ns}: "
-                    "the kernel lacks network namespaces (CONFIG_NET_NS)"
-                ) from exc
-            raise TopologyBuildError(f"cannot create network namespace {ns}: {_netlink_reason(exc)}") from exc
-        if _netns.inode(ns) is None:  # pragma: no cover - create() checks this
-            raise TopologyBuildError(f"network namespace {ns} vanished while building")
-
-    def _configure_namespace(self, node: Node) -> None:
-        ns = self.prefix + node.name
-        has_v6 = self._node_has_ipv6(node)
-        local_v6 = any(r.kind == "local" and r.network.version == 6 for r in node.routes)
-
-        def configure() -> None:
-            if not os.path.isdir("/proc/sys/net/ipv6"):
-                raise MissingFeatureError(
-                    "the kernel has no IPv6 (CONFIG_IPV6, or ipv6.disable=1 on the command line): "
-                    "the lab needs the IPv6 sysctls to keep links quiet"
-                )
-            for scope in ("all", "default"):
-                # Applies to lo now and to every veth created later (they copy "default").
-                for key, value in (
-                    ("disable_ipv6", 1),
-                    ("accept_ra", 0),
-                    ("autoconf", 0),
-                    ("router_solicitations", 0),
-                    ("accept_dad", 0),
-                    ("dad_transmits", 0),
-                    ("addr_gen_mode", 1),
-                    ("forwarding", 0),
-                ):
-                    _netns.write_sysctl(f"net.ipv6.conf.{scope}.{key}", value)
-                _netns.write_sysctl(f"net.ipv4.conf.{scope}.rp_filter", node.rp_filter)
-                if node.forwarding:
-                    _netns.write_sysctl(f"net.ipv4.conf.{scope}.send_redirects", 0)
-            _netns.write_sysctl("net.ipv4.ip_forward", int(node.forwarding))
-            if has_v6:
-                _netns.write_sysctl("net.ipv6.conf.lo.disable_ipv6", 0)
-            if local_v6:
-                _netns.write_sysctl("net.ipv6.ip_nonlocal_bind", 1)
-
-        with self._step("configure sysctls", ns):
-            _netns.run_in_thread(ns, configure)
-
-    def _create_link(self, link: Link) -> None:
-        a_ns, b_ns = self.prefix + link.a.node, self.prefix + link.b.node
-        a_if, b_if = self.ifname(link.a.ifname), self.ifname(link.b.ifname)
-        with self._step("create veth pair", a_ns, f"{a_if}<->{b_ns}/{b_if}"):
-            peer: dict[str, Any] = {"ifname": b_if}
-            fd = None
-            if b_ns != a_ns:
-                fd = os.open(_netns.netns_path(b_ns), os.O_RDONLY | os.O_CLOEXEC)
-                peer["net_ns_fd"] = fd
-            try:
-                with self._ipr(a_ns) as ipr:
-                    ipr.link("add", ifname=a_if, kind="veth", peer=peer)
-            except NetlinkError as exc:
-                if exc.code == errno.EOPNOTSUPP:
-                    raise MissingFeatureError(
-                        "the kernel cannot create veth pairs (CONFIG_VETH): "
-                        "load the module with `modprobe veth`"
-                    ) from exc
-                raise
-            finally:
-                if fd is not None:
-                    os.close(fd)
-
-    def _prepare_end(self, link: Link, end: End) -> str:
-        """Quiet flags, MTU, IPv6 on/off, offload features; return the end's MAC."""
-        ns, ifname = self.prefix + end.node, self.ifname(end.ifname)
-        with self._step("prepare interface", ns, ifname):
-            with self._ipr(ns) as ipr:
-                index = self._lookup(ipr, ns, ifname)
-                ipr.link("set", index=index, mtu=link.mtu)
-                # Before any IPv6 address exists: NOARP keeps solicited-node groups
-                # (and their MLD reports) away, no MULTICAST keeps ff02::2 away.
-                ipr.link("set", index=index, flags=_IFF_NOARP, change=_IFF_NOARP | _IFF_MULTICAST)
-                mac = str(ipr.link("get", index=index)[0].get("IFLA_ADDRESS"))
-
-            def configure() -> None:
-                if end.has_ipv6:
-                    _netns.write_sysctl(f"net.ipv6.conf.{ifname}.disable_ipv6", 0)
-                _ethtool.set_features(
-                    ifname, {_ethtool.GRO: end.gro, _ethtool.TX_CHECKSUM: link.tx_checksum_offload}
-                )
-
-            _netns.run_in_thread(ns, configure)
-        return mac
-
-    def _enable_forwarding(self, node: Node) -> None:
-        if not (node.forwarding and self._node_has_ipv6(node)):
-            return
-        ns = self.prefix + node.name
-        # Only now, with MULTICAST cleared on every veth: the kernel joins
-        # ff02::2 (and reports it) on multicast-capable interfaces.
-        with self._step("enable IPv6 forwarding", ns):
-            _netns.run_in_thread(ns, lambda: _netns.write_sysctl("net.ipv6.conf.all.forwarding", 1))
-
-    def _address_end(self, end: End, peer: End, peer_mac: str) -> None:
-        ns, ifname = self.prefix + end.node, self.ifname(end.ifname)
-        with self._ipr(ns) as ipr:
-            index = self._lookup(ipr, ns, ifname)
-            for addr in end.interfaces:
-                with self._step("add address", ns, ifname, str(addr)):
-                    flags = _IFA_F_NODAD if addr.version == 6 else 0
-                    ipr.addr(
-                        "add",
-                        index=index,
-                        address=str(addr.ip),
-                        prefixlen=addr.network.prefixlen,
-                        flags=flags,
-                    )
-            for peer_addr in peer.interfaces:
-                with self._step("add permanent neighbour", ns, ifname, f"{peer_addr.ip} -> {peer_mac}"):
-                    ipr.neigh(
-                        "add", dst=str(peer_addr.ip), lladdr=peer_mac, ifindex=index, state=_NUD_PERMANENT
-                    )
-
-    def _set_up(self, end: End) -> None:
-        ns, ifname = self.prefix + end.node, self.ifname(end.ifname)
-        with self._step("bring interface up", ns, ifname), self._ipr(ns) as ipr:
-            ipr.link("set", index=self._lookup(ipr, ns, ifname), state="up")
-
-    def _read_iface(self, link: Link, end: End, peer: End) -> Iface:  # noqa: ARG002 — one signature for every link kind
-        ns, ifname = self.prefix + end.node, self.ifname(end.ifname)
-        deadline = time.monotonic() + 5.0
-        with self._step("wait for carrier", ns, ifname), self._ipr(ns) as ipr:
-            index = self._lookup(ipr, ns, ifname)
-            while True:
-                info = ipr.link("get", index=index)[0]
-                if info.get("IFLA_OPERSTATE") == "UP":
-                    break
-                if time.monotonic() > deadline:
-                    raise TopologyBuildError(
-                        f"interface {ifname} in {ns} is still {info.get('IFLA_OPERSTATE')} 5 s after "
-                        "both ends were set up"
-                    )
-                time.sleep(0.01)
-        return Iface(
-            node=end.node,
-            ns=ns,
-            ifname=ifname,
-            ifindex=index,
-            mac=str(info.get("IFLA_ADDRESS")),
-            addresses=end.interfaces,
-            peer_ns=self.prefix + peer.node,
-            peer_ifname=self.ifname(peer.ifname),
-            mtu=int(info.get("IFLA_MTU")),
-            gro=end.gro,
-        )
-
-    def _build_routes(self, node: Node) -> None:
-        ns = self.prefix + node.name
-        with self._ipr(ns) as ipr:
-            for route in node.routes:
-                what = f"{route.kind} {route.dst}" + (f" via {route.via}" if route.via else "")
-                with self._step("add route", ns, what):
-                    if route.kind == "via":
-                        ipr.route("add", dst=route.dst, gateway=route.via)
-                    elif route.kind == "blackhole":
-                        ipr.route("add", dst=route.dst, type=_RTN_BLACKHOLE)
-                    else:
-                        ipr.route(
-                            "add",
-                            dst=route.dst,
-                            type=_RTN_LOCAL,
-                            scope=_RT_SCOPE_HOST,
-                            table=_RT_TABLE_LOCAL,
-                            oif=_LOOPBACK_INDEX,
-                        )
-
-    @contextmanager
-    def _step(self, what: str, ns: str, *detail: str) -> Iterator[None]:
-        try:
-            yield
-        except TopologyError:
-            raise
-        except (NetlinkError, OSError, NamespaceError) as exc:
-            where = " ".join((ns, *detail))
-            raise TopologyBuildError(f"{what} failed in {where}: {_netlink_reason(exc)}") from exc
-
-    @staticmethod
-    def _lookup(ipr: Any, ns: str, ifname: str) -> int:
-        found = ipr.link_lookup(ifname=ifname)
-        if not found:
-            raise TopologyBuildError(f"interface {ifname} not found in namespace {ns}")
-        return int(found[0])
-
-    @contextmanager
-    def _ipr(self, ns: str) -> Iterator[Any]:
-        if self._session is None:
-            with IPRoute(netns=ns, flags=0) as ipr:
-                yield ipr
-        elif ns in self._session:
-            yield self._session[ns]
-        else:
-            self._session[ns] = ipr = IPRoute(netns=ns, flags=0)
-            yield ipr
-
     # -- working inside namespaces --------------------------------------------------------
 
     @contextmanager
     def iproute(self, ns: str) -> Iterator[Any]:
         """A pyroute2 ``IPRoute`` bound to namespace ``ns`` (closed on exit)."""
-        with self._ipr(self.netns(ns)) as ipr:
+        with IPRoute(netns=self.netns(ns), flags=0) as ipr:
             yield ipr
 
     def nsenter_argv(self, ns: str, argv: Sequence[str]) -> list[str]:
@@ -883,7 +468,7 @@ class Topology:
         """Packet and byte counters of ``ifname`` in namespace ``ns``."""
         full = self.ifname(ifname)
         with self.iproute(ns) as ipr:
-            link = ipr.link("get", index=self._lookup(ipr, self.netns(ns), full))[0]
+            link = ipr.link("get", index=lookup(ipr, self.netns(ns), full))[0]
         s = link.get("IFLA_STATS64")
         return LinkStats(
             rx_packets=int(s["rx_packets"]),
@@ -898,8 +483,8 @@ class Topology:
         """Add a permanent ARP/NDP entry (the links never resolve neighbours themselves)."""
         full = self.ifname(ifname)
         with self.iproute(ns) as ipr:
-            index = self._lookup(ipr, self.netns(ns), full)
-            ipr.neigh("add", dst=address, lladdr=mac, ifindex=index, state=_NUD_PERMANENT)
+            index = lookup(ipr, self.netns(ns), full)
+            ipr.neigh("add", dst=address, lladdr=mac, ifindex=index, state=NUD_PERMANENT)
 
     def _stop_processes(self) -> None:
         for proc in self._processes:
@@ -913,18 +498,6 @@ class Topology:
                 proc.wait()
             _log().info("lab_process_stopped", pid=proc.pid, args=proc.args)
         self._processes.clear()
-
-
-def _destroy_namespace(ns: str, ino: int | None) -> None:
-    with suppress(FileNotFoundError, NamespaceError):
-        _netns.delete_links(ns)
-    with suppress(FileNotFoundError):
-        _netns.remove(ns)
-    if ino is not None:
-        held = [pid for pid in _netns.holders(ino) if pid != os.getpid()]
-        if held:
-            # Its links are gone; what keeps it alive is no longer our business.
-            _log().warning("namespace_still_held", ns=ns, pids=held)
 
 
 def cleanup_stale(prefix: str = FAMILY_PREFIX, *, include_live: bool = False) -> list[str]:
@@ -945,7 +518,7 @@ def cleanup_stale(prefix: str = FAMILY_PREFIX, *, include_live: bool = False) ->
         owner = _netns.read_owner(ns)
         if not include_live and (owner is None or owner.alive()):
             continue
-        _destroy_namespace(ns, _netns.inode(ns))
+        destroy_namespace(ns, _netns.inode(ns))
         removed.append(ns)
     if removed:
         _log().info("stale_namespaces_removed", prefix=prefix, namespaces=removed)

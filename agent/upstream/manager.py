@@ -32,8 +32,6 @@ Time is wall-clock seconds (expiries travel in the routes as Unix time);
 
 from __future__ import annotations
 
-import json
-import os
 import time
 from collections import Counter, deque
 from collections.abc import Callable, Iterable, Mapping
@@ -45,52 +43,14 @@ import structlog
 from agent.policy._upstream import Upstream, parse_community, parse_large_community
 from agent.policy.model import Policy
 
-from .announce import KINDS, Announcement, Kind, Wish, wanted
+from .announce import KINDS, Kind, Wish, wanted
+from .book import STATE_FILE, BookFile, Entry
 from .gobgp import Held, PeerStatus, Route, SpeakerError, SpeakerPort
 from .guard import Guard, Refusal
+from .refusals import Refusals, iso
 
 #: Seconds between two listings of the speaker's table.
 RESYNC_S = 10.0
-#: Refusals kept per attack (and shown on its record).
-MAX_REFUSALS = 20
-#: Attacks whose refusals are remembered (the oldest are forgotten first).
-MAX_ATTACKS = 1000
-STATE_FILE = "upstream.json"
-
-
-@dataclass
-class Entry:
-    """One announcement of the book."""
-
-    announcement: Announcement
-    attacks: list[str]
-    groups: set[str]
-    announced_at: float
-    expires: int
-    released_at: float | None = None  # no attack asks for it since then (hold-down)
-    monitor: bool = False
-    sent: bool = False  # the speaker holds it (False: to send at the next chance)
-    adopted: bool = False  # found at start, not yet claimed by an attack
-
-    @property
-    def state(self) -> str:
-        if self.monitor:
-            return "monitor"
-        if not self.sent:
-            return "pending"
-        return "held_down" if self.released_at is not None else "announced"
-
-    def view(self, now: float) -> dict[str, object]:
-        a = self.announcement
-        return {
-            "kind": a.kind, "key": a.key, "dst": str(a.dst), "match": a.match.to_dict(),
-            "attack_ids": list(self.attacks), "groups": sorted(self.groups), "state": self.state,
-            "announced_at": _iso(self.announced_at), "age_s": round(now - self.announced_at, 1),
-            "expires_at": _iso(self.expires), "expires_in_s": round(self.expires - now, 1),
-            "released_s": round(now - self.released_at, 1) if self.released_at is not None else None,
-        }
-
-
 @dataclass
 class Stats:
     """What the metrics show (a snapshot)."""
@@ -102,10 +62,6 @@ class Stats:
     changes: dict[tuple[str, str], int] = field(default_factory=dict)
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t))
-
-
 class Manager:
     """Reconciles the book with the records and the speaker; see the module docstring. Not thread-safe."""
 
@@ -113,11 +69,9 @@ class Manager:
                  clock: Callable[[], float] = time.time) -> None:
         self._speaker = speaker
         self._clock = clock
-        self._state_path = state_dir / STATE_FILE if state_dir is not None else None
+        self._file = BookFile(state_dir)
         self.book: dict[str, Entry] = {}
-        self.refusals: dict[str, list[dict[str, object]]] = {}
-        self._refused_once: set[tuple[str, str, str]] = set()
-        self._refused = Counter[tuple[str, str]]()
+        self.refusals = Refusals(clock)
         self._changes = Counter[tuple[str, str]]()
         self._adds: deque[float] = deque()
         self._peers: dict[str, PeerStatus] = {}
@@ -263,21 +217,7 @@ class Manager:
                           reason=reason, monitor=e.monitor)
 
     def _refuse(self, kind: Kind, attack_id: str, what: str, r: Refusal) -> None:
-        once = (attack_id, what, r.reason)
-        if once in self._refused_once:
-            return
-        self._refused_once.add(once)
-        self._refused[(kind, r.reason)] += 1
-        if attack_id not in self.refusals and len(self.refusals) >= MAX_ATTACKS:
-            oldest = next(iter(self.refusals))
-            del self.refusals[oldest]
-            self._refused_once = {o for o in self._refused_once if o[0] != oldest}
-        rows = self.refusals.setdefault(attack_id, [])
-        if len(rows) < MAX_REFUSALS:
-            rows.append({"kind": kind, "what": what, "reason": r.reason, "detail": r.detail,
-                         "at": _iso(self._clock())})
-        self._log.warning("upstream_refused", kind=kind, attack_id=attack_id, what=what, reason=r.reason,
-                          detail=r.detail)
+        self.refusals.add(kind, attack_id, what, r)
 
     # ------------------------------------------------------------------ the speaker
 
@@ -356,7 +296,7 @@ class Manager:
             self._speaker_down(str(err))
             return
         self._adopted = True
-        saved = self._load()
+        saved = self._file.load()
         for h in held:
             a = h.announcement
             if a is None or h.expires is None or h.expires <= now or a.key in self.book:
@@ -387,34 +327,7 @@ class Manager:
 
     def _save(self) -> None:
         self._dirty = False
-        if self._state_path is None:
-            return
-        rows = [{**e.announcement.to_dict(), "attacks": e.attacks, "groups": sorted(e.groups),
-                 "announced_at": e.announced_at, "expires": e.expires, "monitor": e.monitor}
-                for e in self.book.values()]
-        tmp = self._state_path.with_suffix(".tmp")
-        try:
-            self._state_path.parent.mkdir(parents=True, exist_ok=True)
-            tmp.write_text(json.dumps({"version": 1, "announcements": rows}, indent=1))
-            os.replace(tmp, self._state_path)
-        except OSError as e:
-            self._log.error("upstream_state_unsaved", path=str(self._state_path), error=e.strerror)
-
-    def _load(self) -> dict[str, Entry]:
-        if self._state_path is None or not self._state_path.exists():
-            return {}
-        try:
-            doc = json.loads(self._state_path.read_text())
-            out: dict[str, Entry] = {}
-            for row in doc.get("announcements", []):
-                a = Announcement.from_dict(row)
-                out[a.key] = Entry(a, [str(x) for x in row.get("attacks", [])], set(row.get("groups", [])),
-                                   float(row.get("announced_at", 0)), int(row.get("expires", 0)),
-                                   monitor=bool(row.get("monitor")))
-            return out
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            self._log.error("upstream_state_unreadable", path=str(self._state_path), error=str(e))
-            return {}
+        self._file.save(list(self.book.values()))
 
     # ------------------------------------------------------------------ views
 
@@ -426,7 +339,7 @@ class Manager:
             peers.append({
                 "name": cfg.name, "address": cfg.address, "asn": cfg.asn, "families": list(cfg.families),
                 "state": st.state if st else ("unknown" if self._speaker_up else "speaker down"),
-                "since": _iso(st.since) if st and st.since else None,
+                "since": iso(st.since) if st and st.since else None,
                 "received": st.received if st else 0, "advertised": st.advertised if st else 0,
             })
         entries = sorted(self.book.values(), key=lambda e: e.announced_at)
@@ -435,14 +348,14 @@ class Manager:
             "monitor": self.up.monitor,
             "sessions": peers,
             "announcements": [e.view(now) for e in entries],
-            "refused": {f"{k}/{r}": n for (k, r), n in sorted(self._refused.items())},
+            "refused": {f"{k}/{r}": n for (k, r), n in sorted(self.refusals.counts.items())},
         }
 
     def for_attack(self, attack_id: str) -> dict[str, object]:
         now = self._clock()
         return {
             "announcements": [e.view(now) for e in self.book.values() if attack_id in e.attacks],
-            "refused": list(self.refusals.get(attack_id, [])),
+            "refused": self.refusals.of(attack_id),
         }
 
     def stats(self) -> Stats:
@@ -453,7 +366,7 @@ class Manager:
         return Stats(speaker_up=bool(self._speaker_up),
                      sessions={cfg.name: bool(self._peers.get(cfg.name) and self._peers[cfg.name].up)
                                for cfg in self.up.peers},
-                     announcements=counts, refused=dict(self._refused), changes=dict(self._changes))
+                     announcements=counts, refused=dict(self.refusals.counts), changes=dict(self._changes))
 
 
 __all__ = ["RESYNC_S", "STATE_FILE", "Entry", "Manager", "Stats"]

@@ -16,6 +16,7 @@ from scapy.layers.inet import IP, UDP
 from scapy.layers.inet6 import IPv6
 
 from agent.lab import _netns
+from agent.lab._build import Builder
 from agent.lab.topology import (
     End,
     InvalidNameError,
@@ -129,11 +130,11 @@ def test_failed_build_removes_what_it_had_built_and_names_the_step() -> None:
 def test_keyboard_interrupt_during_build_removes_what_it_had_built(monkeypatch: pytest.MonkeyPatch) -> None:
     prefix = run_prefix("e")
 
-    def interrupted(self: Topology, node: Node) -> None:
-        assert _netns.exists(self.netns(node.name))  # the namespaces are really there
+    def interrupted(self: Builder, node: Node) -> None:
+        assert _netns.exists(self.prefix + node.name)  # the namespaces are really there
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(Topology, "_build_routes", interrupted)
+    monkeypatch.setattr(Builder, "_build_routes", interrupted)
     with pytest.raises(KeyboardInterrupt):
         build_pair(prefix)
     assert leftovers(prefix) == []
