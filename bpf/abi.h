@@ -87,7 +87,7 @@ enum fg_rule_action {
 #define FG_CFG_MONITOR        (1U << 0) /* global monitor: count would-be drops, pass them */
 #define FG_CFG_MALFORMED_PASS (1U << 1) /* pass malformed packets (default: drop) */
 /* (1U << 2) was "learn verified sources from calm-time handshakes", removed as
- * forgeable (issue 13): not reused while old pins may still carry it. */
+ * forgeable (a forged handshake could earn it): not reused while old pins may still carry it. */
 
 /* Token bucket settings (GCRA): a packet costs pkt_cost_ns of "time credit"
  * and len * byte_cost_fp >> FG_BYTE_COST_SHIFT more; a source may run

@@ -5,7 +5,7 @@ One `Controller.tick()` is one whole step, driven by the daemon every
 
 1. read the cumulative counters and drain the packet samples (`ControlPort`);
 2. turn them into rates per (group, class) and per destination host, and
-   run the detector over every group and class at once (`watch.Watch`);
+   run the detector over every group and class at once (`observe.Observer`);
 3. start, update and end attacks — target (host or carpet), vector, peaks,
    drops, sources, spoofing — and climb each attack's ladder
    (`tracker.Tracker`, `ladder.Climber`, `banstep.BanStep`);
@@ -42,6 +42,7 @@ from .hook import HookRunner
 from .journal import Journal, Stamps
 from .ladder import Climber, wanted
 from .meter import DstRates, GroupRates
+from .observe import Observer
 from .port import ControlPort
 from .record import event
 from .samples import TickSamples
@@ -49,7 +50,6 @@ from .settings import Settings
 from .stats import ControlStats
 from .tracker import Tracker
 from .views import SourceWindow, attack_line, hook_status, top
-from .watch import Watch
 
 #: Repeat offenders not banned for a week are forgotten, checked every this many ticks.
 FORGET_EVERY_TICKS = 600
@@ -93,13 +93,13 @@ class Controller:
         self._port = port
         self._settings = Settings.build(policy, compiled)
         self.journal = Journal(Stamps(port.now_ns(), wall_clock()), update_every_s)
-        self.watch = Watch(self._settings)
+        self.observer = Observer(self._settings)
         self._enforcer = Enforcer(port)
         self._bans = BanBook(ban_counts)
         for net, exp in (auto_bans or {}).items():
             self._bans.load(net, exp)
         self._ban_step = BanStep(port, self._bans, self.journal)
-        self._tracker = Tracker(self.journal, Climber(self.journal), self._ban_step, keep_recent, self.watch)
+        self._tracker = Tracker(self.journal, Climber(self.journal), self._ban_step, keep_recent, self.observer)
         self._escalator = Escalator(self.journal.stamps.iso)
         self._hook_timeout_s = hook_timeout_s
         self._hook_queue = hook_queue
@@ -124,7 +124,7 @@ class Controller:
             self._bans.forget_old(now)
         self._ticks += 1
         self.journal.tick = self._ticks
-        seen = self.watch.step(now, groups, dst, samples, s, dict(port.read_downstream()))
+        seen = self.observer.step(now, groups, dst, samples, s, dict(port.read_downstream()))
         if seen is None:
             self._last_tick_s = time.perf_counter() - t0
             return TickReport(now, [], [], len(tracker.active), self._last_tick_s)
@@ -137,11 +137,11 @@ class Controller:
             a = tracker.active.get(series)
             if a is not None:
                 ended.append(tracker.end(a, now, "hold_down"))
-        started = [tracker.start(gid, cls, t, self.watch, s) for gid, cls in step.started]
+        started = [tracker.start(gid, cls, t, self.observer, s) for gid, cls in step.started]
         for a in list(tracker.active.values()):
             if a.start_ns != now:
                 tracker.update(a, t, s)
-        self.watch.track_pending(step, samples, t.dt)
+        self.observer.track_pending(step, samples, t.dt)
 
         self._sync(now, ended)
         self._escalator.run(now, t.groups, s, list(tracker.active.values()), self._hook)
@@ -211,7 +211,7 @@ class Controller:
             "ticks": self._ticks,
             "last_tick_seconds": round(self._last_tick_s, 6),
             "groups": len(s.groups),
-            "baseline_warm_groups": self.watch.warm_groups(s),
+            "baseline_warm_groups": self.observer.warm_groups(s),
             "attacks_active": len(self._tracker.active),
             "attacks": [attack_line(a) for a in self.attacks()],
             "tightened": sorted(names.get(g, str(g)) for g in self._enforcer.source_limited()),
@@ -240,9 +240,9 @@ class Controller:
         ended: list[Attack] = []
         for (gid, cls), a in list(tracker.active.items()):
             if gid not in moves:
-                self.watch.detector.stop(gid, cls)
+                self.observer.detector.stop(gid, cls)
                 ended.append(tracker.end(a, now, "group removed from the policy"))
-        self.watch.remap(new, moves)
+        self.observer.remap(new, moves)
         if any(o != n for o, n in moves.items()):
             tracker.regroup(moves)
             self._enforcer.remap(moves)

@@ -22,11 +22,11 @@ from .banstep import BanStep
 from .journal import Journal
 from .judge import Inputs, Kind, Lever, judge
 from .ladder import Climber
+from .observe import Observer, Series, TickData
 from .samples import AttackSamples, SourceStats, SpoofVerdict, source_key
 from .settings import GroupView, Settings
 from .target import locate
 from .vectors import MIN_RANGE_SAMPLES, Classification, classify, top_protocols
-from .watch import Series, TickData, Watch
 
 #: A source is clearly abusive above this many times its group's per-source limit...
 ABUSE_FACTOR = 2.0
@@ -41,9 +41,9 @@ MIN_SPOOF_PACKETS = 1000
 class Tracker:
     """The active attacks by series, and the last ended ones (newest first)."""
 
-    def __init__(self, journal: Journal, climber: Climber, bans: BanStep, keep_recent: int, watch: Watch) -> None:
+    def __init__(self, journal: Journal, climber: Climber, bans: BanStep, keep_recent: int, observer: Observer) -> None:
         self._journal = journal
-        self._watch = watch
+        self._observer = observer
         self._climber = climber
         self._bans = bans
         self.active: dict[Series, Attack] = {}
@@ -53,10 +53,10 @@ class Tracker:
         self.ended_total = 0
         self._seq = 0
 
-    def start(self, gid: int, cls: int, t: TickData, watch: Watch, s: Settings) -> Attack:
+    def start(self, gid: int, cls: int, t: TickData, observer: Observer, s: Settings) -> Attack:
         view = s.groups[gid]
         now = t.now
-        t_pps, t_bps, h_pps, _h_bps = watch.detector.frozen_at(gid, cls)
+        t_pps, t_bps, h_pps, _h_bps = observer.detector.frozen_at(gid, cls)
         self._seq += 1
         stamps = self._journal.stamps
         a = Attack(
@@ -65,14 +65,14 @@ class Tracker:
             gid=gid,
             cls=TrafficClass(cls),
             start_ns=now,
-            first_over_ns=int(watch.detector.first_over_ns[gid, cls]),
+            first_over_ns=int(observer.detector.first_over_ns[gid, cls]),
             started_at=stamps.iso(now),
             thresholds=Thresholds(t_pps, t_bps, h_pps if math.isfinite(h_pps) else None),
             monitor=view.monitor,
             evidence=Evidence(AttackSamples(s.detection.sample_every)),
             start_tick=self._journal.tick,
         )
-        a.evidence.samples.seed(watch.take_pending((gid, cls)), _abusive_pps(None, view, cls))
+        a.evidence.samples.seed(observer.take_pending((gid, cls)), _abusive_pps(None, view, cls))
         self.active[(gid, cls)] = a
         self._observe(a, t, s, log_verdict=False)
         if a.kind is Kind.ATTACK:
@@ -162,14 +162,14 @@ class Tracker:
         """Other-TCP samples of a SYN attack's heaviest senders (empty for other classes)."""
         if a.cls is not TrafficClass.TCP_SYN:
             return {}
-        acks = self._watch.acks_from(a.gid)
+        acks = self._observer.acks_from(a.gid)
         return {src: acks.get(source_key(src), 0) for src, _pps, _n in sources.top}
 
     def _syns_of(self, a: Attack, sources: SourceStats) -> dict[IPAddress, int]:
         """SYN samples of an other-TCP attack's heaviest senders (empty for other classes)."""
         if a.cls is not TrafficClass.TCP_OTHER:
             return {}
-        syns = self._watch.syns_from(a.gid)
+        syns = self._observer.syns_from(a.gid)
         return {src: syns.get(source_key(src), 0) for src, _pps, _n in sources.top}
 
     def _acked_share(self, a: Attack) -> float | None:
@@ -180,13 +180,13 @@ class Tracker:
         total = sum(syn.values())
         if total < MIN_ACKED_SAMPLES:
             return None
-        acks = self._watch.acks_from(a.gid)
+        acks = self._observer.acks_from(a.gid)
         return sum(n for src, n in syn.items() if acks.get(src, 0)) / total
 
     def _judge(self, a: Attack, t: TickData, view: GroupView, log: bool) -> None:
         """Attack or surge, and the lever; an attack stays an attack, and a lever found is kept."""
         g, gid = t.groups, a.gid
-        mean = self._watch.baseline.mean_pps
+        mean = self._observer.baseline.mean_pps
 
         def rate(cls: TrafficClass) -> float:
             return float(g.pps[gid, cls]) if gid < g.groups else 0.0
@@ -206,7 +206,7 @@ class Tracker:
         sources = ev.samples.source_stats(100)
         v = judge(Inputs(
             cls=a.cls, shape=a.shape.classification or Classification(a.flood), sources=sources,
-            spoof=spoof, profile=self._watch.profiles.of(gid), class_pps=a.traffic.pps, normal_pps=normal(a.cls),
+            spoof=spoof, profile=self._observer.profiles.of(gid), class_pps=a.traffic.pps, normal_pps=normal(a.cls),
             syn_pps=rate(TrafficClass.TCP_SYN), syn_normal=normal(TrafficClass.TCP_SYN),
             other_pps=rate(TrafficClass.TCP_OTHER), other_normal=normal(TrafficClass.TCP_OTHER),
             distress=t.distress_of(gid), syn_auth=view.syn_auth, age_s=(t.now - a.first_over_ns) / 1e9,

@@ -28,7 +28,7 @@ from agent.contract.keys import IPAddress, IPNetwork, Record, prefix_key
 from agent.datapath.errors import CapacityError
 from agent.metrics import count_bans
 
-from . import views
+from . import mapviews
 from .api import RequestError
 from .parts import Parts
 from .state import Capture
@@ -247,7 +247,7 @@ class Verbs:
         self._parts = parts
         self._actions = actions
         self._capture = capture
-        self._index = views.PolicyIndex()
+        self._index = mapviews.PolicyIndex()
 
     def table(self, lock: threading.RLock) -> VerbTable:
         return VerbTable([
@@ -287,7 +287,7 @@ class Verbs:
 
     def bans(self, a: BansArgs) -> list[dict[str, object]]:
         p = self._parts
-        return views.list_bans(p.port, self._index.entries(p.runtime.policy), p.reasons, a.origin, monotonic_ns())
+        return mapviews.list_bans(p.port, self._index.entries(p.runtime.policy), p.reasons, a.origin, monotonic_ns())
 
     def ban(self, a: BanArgs) -> dict[str, object]:
         p = self._parts
@@ -347,7 +347,7 @@ class Verbs:
         p = self._parts
         policy, compiled = p.runtime.policy, p.runtime.compiled
         assert policy is not None and compiled is not None  # the agent started with a policy
-        return views.explain(a.address, p.port, policy, compiled, self._index.entries(policy), p.reasons,
+        return mapviews.explain(a.address, p.port, policy, compiled, self._index.entries(policy), p.reasons,
                              monotonic_ns())
 
     def attacks(self, a: AttacksArgs) -> dict[str, object]:

@@ -256,7 +256,7 @@ def test_expire_with_10k_records_none_due_looks_at_none(h: Harness, monkeypatch:
     assert calls["heappop"] == 10 and calls["records"] == 0
 
 
-# --------------------------------------------------------------------------- failed commits (issue 13, finding 2)
+# --------------------------------------------------------------------------- failed commits
 
 
 def _model(t: AddressTable) -> dict[PrefixKey, tuple[int, tuple[tuple[int, int, int, int], ...]]]:

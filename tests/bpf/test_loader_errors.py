@@ -140,7 +140,7 @@ def tun_netns() -> Iterator[str]:
 @pytest.mark.parametrize(("ifname", "kind"), [("fgtun0", "no link-layer header: tun, WireGuard"), ("lo", "loopback")])
 def test_a_link_without_ethernet_frames_is_refused(program: loader.Program, tun_netns: str, ifname: str,
                                                    kind: str) -> None:
-    # Issue 13 #9: the parser reads every frame as Ethernet; on a tun, WireGuard or
+    # The parser reads every frame as Ethernet; on a tun, WireGuard or
     # PPP device it would read IP headers as MAC addresses and filter nothing.
     with pytest.raises(UnsupportedLinkError) as err:
         attach(ifname, program.fd, netns=tun_netns)

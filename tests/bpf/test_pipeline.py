@@ -101,7 +101,7 @@ PARSE_CASES = [
          e6() / IPv6ExtHdrDestOpt() / IPv6ExtHdrFragment(m=1, offset=0) / UDP() / PAY,
          "pass/passed/fragment"),
     Case("IPv6 later fragment", e6() / IPv6ExtHdrFragment(m=0, offset=10, nh=17) / PAY, "pass/passed/fragment"),
-    # Issue 13 #16: after the fragment header of a later fragment comes payload, not headers.
+    # After the fragment header of a later fragment comes payload, not headers.
     Case("IPv6 later fragment: the payload is not walked as extension headers",
          e6() / IPv6ExtHdrFragment(m=1, offset=10, nh=60) / Raw(b"\x3c\xff" + b"x" * 30),
          "pass/passed/fragment"),
@@ -115,7 +115,7 @@ PARSE_CASES = [
     Case("QinQ, IPv6 TCP SYN",
          eth() / Dot1AD(vlan=100) / Dot1Q(vlan=10) / IPv6(src=SRC6, dst=DST6) / TCP(flags="S"),
          "pass/passed/tcp_syn"),
-    # Issue 13 #9: PPPoE and MPLS passed as non-IP, unfiltered and uncounted as such.
+    # PPPoE and MPLS passed as non-IP, unfiltered and uncounted as such.
     Case("PPPoE session, IPv4 UDP",
          eth() / PPPoE(sessionid=7) / PPP(proto=0x0021) / IP(src=SRC4, dst=DST4) / UDP() / PAY,
          "pass/passed/udp"),

@@ -141,7 +141,7 @@ def test_challenges_are_capped_per_group(h: Harness) -> None:
 
 
 def test_challenges_are_capped_for_all_groups_together(h: Harness) -> None:
-    # Issue 13 #16: N groups x challenge_pps of SYN-ACKs could be aimed at one forged
+    # N groups x challenge_pps of SYN-ACKs could be aimed at one forged
     # victim; the gateway-wide cap bounds what it sends whatever the SYNs' targets.
     setup(h, challenge_pps=100_000)
     h.protect({"203.0.113.0/24": 1, "192.0.2.0/24": 2})
@@ -172,7 +172,7 @@ def test_on_attack_auth_runs_until_its_expiry(h: Harness) -> None:
 
 @pytest.mark.parametrize("ack_no", [5, 0, 1001])
 def test_a_forged_calm_time_handshake_verifies_nobody(h: Harness, ack_no: int) -> None:
-    # Issue 13 #1: a SYN then a bare ACK (any ack number) from a forged source in calm
+    # A SYN then a bare ACK (any ack number) from a forged source in calm
     # times used to verify it for verified_ttl. Nothing in what the gateway sees of a
     # handshake is beyond a forger, so only the answer to a challenge verifies.
     setup(h, always=False, syn_limit=(100, 0, 10))
@@ -206,7 +206,7 @@ def test_syn_with_ip_options_cannot_be_challenged_and_is_dropped(h: Harness) -> 
 
 
 def test_a_fragmented_syn_is_authenticated_too(h: Harness) -> None:
-    # Issue 13 #8: a SYN in a first fragment was classed a fragment and skipped the
+    # A SYN in a first fragment was classed a fragment and skipped the
     # challenge. No client fragments a SYN, and a fragment cannot be answered in place.
     setup(h)
     v4 = eth() / IP(src=CLI4, dst=SRV4, flags="MF") / TCP(sport=40000, dport=443, flags="S", seq=1000)

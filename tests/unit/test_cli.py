@@ -47,7 +47,7 @@ def sock(monkeypatch: pytest.MonkeyPatch) -> Socket:
 
 def test_a_ttl_past_a_year_is_refused_before_anything_is_sent(sock: Socket, capsys: pytest.CaptureFixture[str],
                                                                tmp_path: Path) -> None:
-    # 1e11 s overflowed the kernel's u64 expiry and poisoned the agent's address model (issue 13).
+    # 1e11 s overflowed the kernel's u64 expiry and poisoned the agent's address model.
     assert cli.main(["ban", "10.0.0.0/8", "--ttl", "1e11", "--socket", str(tmp_path / "s")]) == 1
     assert "longer than a year" in capsys.readouterr().err
     assert sock.sent == []

@@ -603,7 +603,7 @@ def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
     office = sc.gid("office")
     sc.replay.add(Flow(ipaddress.ip_address("198.51.100.20"), office, TrafficClass.UDP, 5000, sources=CLIENTS))
     sc.run(5)
-    assert sc.controller.watch.baseline.seen[office].any()
+    assert sc.controller.observer.baseline.seen[office].any()
     data = lab_data()
     data["protect"][1] = {"name": "lab2", "prefixes": ["192.0.2.128/25"]}
     new = Policy.model_validate(data)
@@ -612,8 +612,8 @@ def test_a_new_group_on_a_reused_id_learns_afresh() -> None:
     compiled = compile_policy(new)
     assert compiled.group_ids["lab2"] == office, "the freed id is reused"
     sc.controller.update_policy(new, compiled)
-    assert not sc.controller.watch.baseline.seen[office].any()
-    assert sc.controller.watch.baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
+    assert not sc.controller.observer.baseline.seen[office].any()
+    assert sc.controller.observer.baseline.seen[sc.gid("servers")].any(), "the servers kept what they learned"
 
 
 def test_a_carpet_attack_stays_a_carpet_attack_through_its_hold_down() -> None:

@@ -68,7 +68,7 @@ def test_gradual_doubling_over_ten_minutes_is_not_an_attack() -> None:
     with capture_logs() as logs:
         sc.run(3600 + 600 + 1800)
     assert events(logs, "attack_started") == []
-    baseline = sc.controller.watch.baseline
+    baseline = sc.controller.observer.baseline
     assert baseline.mean_pps[1, TrafficClass.UDP] > 8000, "the baseline followed the new level"
 
 
@@ -160,7 +160,7 @@ def test_the_baseline_does_not_learn_an_attack() -> None:
     with capture_logs() as logs:
         sc.run(1800 + 3 * 3600 + 60)
     assert len(events(logs, "attack_started")) == 1 and len(events(logs, "attack_ended")) == 1
-    mean = sc.controller.watch.baseline.mean_pps[1, TrafficClass.UDP]
+    mean = sc.controller.observer.baseline.mean_pps[1, TrafficClass.UDP]
     assert 1500 < mean < 3000, f"baseline mean {mean:.0f} learned the flood"
 
 

@@ -10,6 +10,7 @@ from typing import cast
 import pytest
 
 from agent.daemon.api import RequestError
+from agent.daemon.mapviews import PolicyIndex
 from agent.daemon.parts import Parts
 from agent.daemon.state import Capture
 from agent.daemon.verbs import (
@@ -24,7 +25,6 @@ from agent.daemon.verbs import (
     VerbTable,
     parse_args,
 )
-from agent.daemon.views import PolicyIndex
 from agent.policy import load_policy
 
 #: Every verb the CLI sends (agent/cli.py), with the arguments it sends.
@@ -116,9 +116,9 @@ def test_values_are_checked_where_they_are_parsed() -> None:
     assert "not an IP address or prefix" in refused(table, "unban", {"prefix": "300.1.2.3"})
     assert "not an IP address" in refused(table, "explain", {"ip": "nope"})
     assert "--ttl must be positive" in refused(table, "ban", {"prefix": "192.0.2.1", "ttl": 0})
-    # A ttl past a year overflowed the kernel's expiry and poisoned the address model (issue 13).
+    # A ttl past a year overflowed the kernel's expiry and poisoned the address model.
     assert "longer than a year" in refused(table, "ban", {"prefix": "10.0.0.0/8", "ttl": 1e11})
-    # Reasons are saved with every ban and shown in tables: bounded (issue 13).
+    # Reasons are saved with every ban and shown in tables: bounded.
     assert "at most 200 are kept" in refused(table, "ban", {"prefix": "192.0.2.1", "reason": "x" * 201})
     assert "origin must be one of policy, operator, auto" in refused(table, "bans", {"origin": "me"})
     assert "n must be 1 or more" in refused(table, "top", {"n": 0})

@@ -88,7 +88,7 @@ def test_units_become_plain_numbers(here: Path) -> None:
 
 
 def test_syn_challenges_have_a_gateway_wide_cap(here: Path) -> None:
-    # Issue 13 #16: per-group caps alone let N groups aim N x challenge_pps at one victim.
+    # Per-group caps alone let N groups aim N x challenge_pps at one victim.
     write(here, {"policy.yaml": "interfaces: [eth0]\nsyn_auth: {challenge_pps: 5k}\n"})
     policy = load_policy_or_raise("policy.yaml")
     assert compile_policy(policy).desired.config.challenge_pps_total == 10_000, "default: twice challenge_pps"

@@ -57,7 +57,7 @@ class TickData:
         return self.groups.dt
 
 
-class Watch:
+class Observer:
     """Rates, baseline and detector state of every series; see the module docstring."""
 
     def __init__(self, settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""agent/daemon/views.py against the real program: `explain` finds a source's buckets
+"""agent/daemon/mapviews.py against the real program: `explain` finds a source's buckets
 by their exact keys (IPv4, and IPv6 by its bucket prefix) and judges them by the limits
 the program applies now; `bans` names the policy entry behind a policy ban.
 
@@ -25,11 +25,11 @@ from agent.contract import abi
 from agent.contract.keys import prefix_key
 from agent.contract.specs import RuleSpec
 from agent.daemon.api import RequestError
+from agent.daemon.mapviews import PolicyIndex, bucket_address, explain, list_bans
 from agent.daemon.parts import Parts
 from agent.daemon.reload import PolicyRuntime
 from agent.daemon.state import Capture, Reasons
 from agent.daemon.verbs import Actions, Verbs, VerbTable
-from agent.daemon.views import PolicyIndex, bucket_address, explain, list_bans
 
 NS = 1_000_000_000
 
@@ -189,7 +189,7 @@ def test_bans_name_the_policy_entry_and_the_operator_reason(h: Harness, runtime:
     assert [b["prefix"] for b in list_bans(h.port, entries, reasons, "policy", now_ns())] == ["198.51.100.0/24"]
 
 
-# --------------------------------------------------------------------------- operator bans (issue 13)
+# --------------------------------------------------------------------------- operator bans
 
 
 def _verbs(h: Harness, runtime: PolicyRuntime) -> tuple[VerbTable, list[object]]:
