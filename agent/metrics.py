@@ -21,7 +21,6 @@ the alert rules in step with what :func:`metric_names` returns.
 
 from __future__ import annotations
 
-import errno as errno_mod
 import importlib.metadata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,6 @@ import numpy as np
 import psutil
 import structlog
 from prometheus_client import CollectorRegistry, Histogram
-from prometheus_client.exposition import start_http_server
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
 from prometheus_client.registry import Collector
 
@@ -39,6 +37,7 @@ from agent.contract import abi
 from agent.datapath.errors import DatapathError
 from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Table, count_hash_entries, count_lpm_entries
+from agent.metrics_http import MetricsListenError, MetricsServer, parse_listen, serve
 
 # A control tick should take a few ms (at most 100 ms with a million sources);
 # the top buckets catch one that eats its whole interval.
@@ -587,64 +586,6 @@ def register(
 
 
 # --------------------------------------------------------------------------- the HTTP endpoint
-
-
-class MetricsListenError(OSError):
-    """The endpoint could not listen; ``strerror`` says where and what to do."""
-
-
-def parse_listen(listen: str) -> tuple[str, int]:
-    """``host:port`` or ``[v6]:port`` -> (host, port); port 0 picks a free one."""
-    host, sep, port = listen.rpartition(":")
-    if host.startswith("[") and host.endswith("]"):
-        host = host[1:-1]
-    elif ":" in host:
-        raise ValueError(f"{listen!r}: write an IPv6 address in brackets, e.g. [::1]:9470")
-    if not sep or not host or not port.isdigit() or int(port) > 65535:
-        raise ValueError(f"{listen!r} is not host:port, e.g. 127.0.0.1:9470 or [::1]:9470")
-    return host, int(port)
-
-
-class MetricsServer:
-    """The running endpoint: a daemon thread serving ``registry`` over HTTP."""
-
-    def __init__(self, registry: CollectorRegistry, listen: str) -> None:
-        host, port = parse_listen(listen)
-        try:
-            self._httpd, self._thread = start_http_server(port, addr=host, registry=registry)
-        except OSError as e:
-            hint = {
-                errno_mod.EADDRINUSE: "another process listens there: stop it or change metrics.listen",
-                errno_mod.EADDRNOTAVAIL: "no interface of this host has that address: change metrics.listen",
-            }.get(e.errno or 0, "change metrics.listen")
-            raise MetricsListenError(e.errno, f"cannot serve metrics on {listen}: {e.strerror}; {hint}") from e
-        self.registry = registry
-
-    @property
-    def host(self) -> str:
-        return str(self._httpd.server_address[0])
-
-    @property
-    def port(self) -> int:
-        return int(self._httpd.server_address[1])
-
-    @property
-    def url(self) -> str:
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"http://{host}:{self.port}/metrics"
-
-    def shutdown(self) -> None:
-        """Stop serving and release the socket (idempotent)."""
-        if self._thread.is_alive():
-            self._httpd.shutdown()
-            self._thread.join(timeout=5)
-        self._httpd.server_close()
-
-
-def serve(registry: CollectorRegistry, listen: str) -> MetricsServer:
-    """Serve ``registry`` on ``listen`` (the policy's metrics.listen, loopback
-    by default) from a daemon thread."""
-    return MetricsServer(registry, listen)
 
 
 @dataclass

@@ -122,6 +122,15 @@ class AgentProc:
                     out.append(ev)
         return out
 
+    def wait_event(self, name: str, timeout: float = 60) -> list[dict[str, Any]]:
+        """The agent's log events called ``name``, once there is at least one."""
+        deadline = time.monotonic() + timeout
+        while not (found := self.events(name)):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no {name} event within {timeout} s:\n{self.log()[-4000:]}")
+            time.sleep(0.1)
+        return found
+
     def cli(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         r = subprocess.run([FLOODGUARD, *args, "--socket", self.socket_path], capture_output=True, text=True,
                            timeout=60)

@@ -7,6 +7,7 @@ target namespace, where the agent runs.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import socket
@@ -340,3 +341,92 @@ def test_live_scrape_passes_promtool(agent: AgentProc, traffic: Traffic) -> None
     assert "floodguard_policy_reloads_total" in text and "floodguard_tick_duration_seconds_bucket" in text
     check = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True)
     assert check.returncode == 0 and not check.stdout.strip() and not check.stderr.strip(), check
+
+
+def test_the_cli_answers_while_2000_idle_connections_hold_the_metrics_port(agent: AgentProc) -> None:
+    import resource
+    import selectors
+    import urllib.error
+    import urllib.request
+
+    import psutil
+
+    from agent.metrics_http import MAX_CONNECTIONS
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    # The daemon gets the common default of 1024 descriptors (the unit raises it; the server must not need it).
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(1024, hard), hard))
+    try:
+        agent.start()
+    finally:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(max(soft, 4096), hard), hard))
+    daemon = psutil.Process(agent.proc.pid if agent.proc else 0)
+    assert daemon.rlimit(psutil.RLIMIT_NOFILE)[0] <= 1024
+
+    def connect(n: int) -> list[socket.socket]:
+        out = []
+        for _ in range(n):
+            s = socket.socket()
+            s.setblocking(False)
+            s.connect_ex(("127.0.0.1", agent.metrics_port))
+            out.append(s)
+        return out
+
+    def answers(wave: list[socket.socket]) -> list[bytes]:
+        """What each connection of ``wave`` was told, once all were told something (or 60 s passed)."""
+        sel = selectors.DefaultSelector()
+        for s in wave:
+            sel.register(s, selectors.EVENT_READ)
+        got: list[bytes] = []
+        deadline = time.monotonic() + 60
+        while len(got) < len(wave) and time.monotonic() < deadline:
+            for key, _ in sel.select(timeout=1.0):
+                sel.unregister(key.fileobj)
+                with contextlib.suppress(OSError):
+                    got.append(key.fileobj.recv(4096))  # type: ignore[union-attr]
+        sel.close()
+        return got
+
+    def in_ns(n: int) -> list[socket.socket]:
+        return agent.pair.topology.call(agent.pair.target.ns, lambda: connect(n))
+
+    # The first MAX_CONNECTIONS take every slot of the metrics server, saying nothing. The rest
+    # come in waves that fit the accept queue (a wave larger than the listen backlog would
+    # lose handshakes in the kernel, before the daemon could see them). The daemon holds no
+    # connection past its deadline: each is answered 503 at once while the slots are taken, or
+    # served and cut off (its stream ends) at the deadline of DEADLINE_S.
+    idle = in_ns(MAX_CONNECTIONS)
+    try:
+        while len(idle) < 2000:
+            wave = in_ns(min(32, 2000 - len(idle)))
+            idle += wave
+            told = answers(wave)
+            assert len(told) == len(wave) and all(a.startswith(b"HTTP/1.1 503") or a == b"" for a in told), (
+                f"{len(told)} of {len(wave)} connections after the first {len(idle) - len(wave)} were answered "
+                "(a 503, or an end of stream at the deadline): the metrics server holds the others")
+
+        # The CLI still reaches the agent, and a ban still lands, with all 2000 open.
+        assert agent.cli_json("status")["interfaces"][0]["attached"]
+        assert f"banned {BANNED}/32" in agent.cli("ban", BANNED, "--reason", "during the flood").stdout
+        assert daemon.num_fds() < 512, "the metrics server holds at most a few connections"
+        assert agent.wait_event("metrics_clients_refused")[0]["refused"] > 0
+    finally:
+        for s in idle:
+            s.close()
+
+    # With the idle clients gone, Prometheus is served again (a 503 while slots free up is retried).
+    url = f"http://127.0.0.1:{agent.metrics_port}/metrics"
+
+    def scrape() -> str:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(url, timeout=30) as r:
+                    return str(r.read().decode())
+            except urllib.error.HTTPError as e:
+                if e.code != 503 or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)
+
+    text = agent.pair.topology.call(agent.pair.target.ns, scrape)
+    assert 'floodguard_bans_active{origin="operator"} 1.0' in text

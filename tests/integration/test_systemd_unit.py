@@ -7,7 +7,8 @@
   rebuild on the pins, atomic replace, map access, socket group) passes under
   exactly the unit's CapabilityBoundingSet, and fails without each one;
 - the unit boots under a real systemd (systemd-nspawn, the host's own /usr,
-  a throwaway /etc), with all its sandboxing: start, reload, a rejected
+  a throwaway /etc), with all its sandboxing (the system-call filter
+  included): start, attach, reload, a rejected
   reload, restart, stop, a start refused by ExecStartPre;
 - scripts/install.sh and uninstall.sh in a scratch root (FLOODGUARD_ROOT):
   idempotent, an existing policy untouched.
@@ -121,6 +122,10 @@ def test_systemd_analyze_verify_catches_a_broken_unit(tmp_path: Path) -> None:
         ("Service.ProtectSystem", ["strict"]),
         ("Service.ReadWritePaths", ["/sys/fs/bpf"]),
         ("Service.LimitMEMLOCK", ["infinity"]),
+        ("Service.LimitNOFILE", ["65536"]),
+        ("Service.SystemCallFilter", ["~@mount @swap @reboot @module @raw-io @obsolete @cpu-emulation"]),
+        ("Service.SystemCallErrorNumber", ["EPERM"]),
+        ("Service.SystemCallArchitectures", ["native"]),
         ("Service.Environment", ["PYTHONUNBUFFERED=1"]),
         ("Install.WantedBy", ["multi-user.target"]),
     ],
@@ -303,6 +308,7 @@ r restarts "$(show NRestarts)"
 r status "$(show StatusText)"
 r bounding "$(field CapBnd "$pid")"
 r nonewprivs "$(field NoNewPrivs "$pid")"
+r seccomp "$(field Seccomp "$pid")"
 r xdp "$(ip -o link show host0 | grep -o 'prog/xdp id [0-9]* name [a-z_]*' | sed 's/.* name //')"
 r socket "$(stat -c '%A %G' /run/floodguard/control.sock)"
 r state_dir "$(stat -c '%a' /var/lib/floodguard)"
@@ -375,6 +381,7 @@ def test_unit_boots_under_systemd(tmp_path: Path) -> None:
     assert results.get("status") == "protecting host0", context
     assert results.get("bounding") == cap_mask(unit_capabilities()), context
     assert results.get("nonewprivs") == "1", context
+    assert results.get("seccomp") == "2", context  # the unit's SystemCallFilter is in force (filter mode)
     assert results.get("xdp") == "xdp_floodguard", context
     assert results.get("socket") == "srw-rw---- floodguard", context
     assert results.get("state_dir") == "700", context
