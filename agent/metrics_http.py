@@ -106,11 +106,11 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         """A client that hung up or was cut off at its deadline is not an error of ours."""
 
     def _refuse(self, request: socket.socket) -> None:
+        self.refused += 1  # counted before the client can see the answer
         with contextlib.suppress(OSError):
             request.setblocking(False)
             request.send(_BUSY)
         self.shutdown_request(request)
-        self.refused += 1
         now = time.monotonic()
         if now - self._refused_logged_at >= _REFUSED_LOG_EVERY_S:
             log.warning("metrics_clients_refused", refused=self.refused - self._refused_logged,

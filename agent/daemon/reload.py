@@ -50,7 +50,13 @@ class PolicyRuntime:
 
     def reload(self, trigger: str = "manual") -> ReloadOutcome:
         """Load the file again; apply it if it is valid, else keep the old policy."""
-        return self.adopt(load_policy(self.path), None, trigger)
+        start = time.monotonic()
+        try:
+            result = load_policy(self.path)
+        except Exception as e:  # no file makes a reload take the daemon down: the old policy stays
+            log.exception("policy_load_crashed", path=str(self.path))
+            return self._reject(trigger, [f"{self.path}: cannot load: {type(e).__name__}: {e}"], [], start)
+        return self.adopt(result, None, trigger)
 
     def adopt(self, result: LoadResult, compiled: CompiledPolicy | None = None,
               trigger: str = "start") -> ReloadOutcome:

@@ -57,6 +57,10 @@ def parse_address(value: str) -> str:
                       "floodguard supports only AF_UNIX notification sockets")
 
 
+#: The longest a state change (READY, RELOADING, STOPPING) waits for room in the receiver's queue.
+SEND_TIMEOUT_S = 1.0
+
+
 def monotonic_usec() -> int:
     """CLOCK_MONOTONIC in µs, the clock systemd compares ``MONOTONIC_USEC=`` with."""
     return time.clock_gettime_ns(time.CLOCK_MONOTONIC) // 1000
@@ -134,21 +138,25 @@ class Notifier:
 
     def watchdog(self) -> bool:
         """The main loop is alive. Sent even without ``WatchdogSec`` (systemd ignores it then)."""
-        return self.send("WATCHDOG=1")
+        return self.send("WATCHDOG=1", wait=False)
 
     def status(self, text: str) -> bool:
         """Free text for ``systemctl status`` (e.g. interfaces, active attacks)."""
-        return self.send(status=text)
+        return self.send(status=text, wait=False)
 
     def extend_timeout(self, seconds: float) -> bool:
         """Ask for ``seconds`` more before the start/stop timeout fires (a slow BCC build)."""
         return self.send(f"EXTEND_TIMEOUT_USEC={int(seconds * 1_000_000)}")
 
-    def send(self, *assignments: str, status: str | None = None) -> bool:
+    def send(self, *assignments: str, status: str | None = None, wait: bool = True) -> bool:
         """Send ``KEY=value`` lines as one datagram; True when it was sent.
 
         False without a socket, or when the send failed (logged as
-        ``sd_notify_failed`` with the errno).
+        ``sd_notify_failed`` with the errno). The main loop never blocks here
+        for long: a receiver whose queue is full (systemd stuck, or a test
+        listener that does not read) makes a state change (``wait``) give up
+        after ``SEND_TIMEOUT_S``, and a watchdog ping or a status line give up
+        at once — a ping systemd cannot take in is worth nothing anyway.
         """
         if self.address is None:
             return False
@@ -160,9 +168,23 @@ class Notifier:
         payload = "\n".join(lines).encode()
         try:
             if self._sock is None:
-                self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
-            self._sock.sendto(payload, self.address)
+                # Connected, so that waiting for room means room in the receiver's queue.
+                sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+                try:
+                    sock.connect(self.address)
+                except OSError:
+                    sock.close()
+                    raise
+                self._sock = sock
+            self._sock.settimeout(SEND_TIMEOUT_S if wait else 0.0)
+            self._sock.send(payload)
+        except (TimeoutError, BlockingIOError) as e:
+            log.warning("sd_notify_failed", socket=self.address.replace("\0", "@"), message=lines[0],
+                        errno="ETIMEDOUT" if isinstance(e, TimeoutError) else "EAGAIN",
+                        error=f"the receiver's queue is full (waited {SEND_TIMEOUT_S if wait else 0:g} s)")
+            return False
         except OSError as e:
+            self.close()  # the receiver went away (systemd re-executed?): connect again next time
             log.warning("sd_notify_failed", socket=self.address.replace("\0", "@"), message=lines[0],
                         errno=errno.errorcode.get(e.errno or 0, str(e.errno)), error=e.strerror)
             return False

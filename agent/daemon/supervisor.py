@@ -292,17 +292,22 @@ class Supervisor:
         with self.lock:
             assert self._policy_watcher is not None
             self.notifier.reloading()
-            before = dict(p.runtime.compiled.group_ids) if p.runtime.compiled else {}
-            outcome = p.runtime.reload(trigger)
-            self._policy_watcher.update(p.runtime.files, p.runtime.include_globs)
-            if outcome.ok and p.runtime.policy is not None and p.runtime.compiled is not None:
-                p.controller.update_policy(p.runtime.policy, p.runtime.compiled)
-                p.downstream.set_groups(group_prefixes(p.runtime.compiled))
-                if p.upstream is not None:
-                    p.upstream.update_policy(p.runtime.policy)
-                if dict(p.runtime.compiled.group_ids) != before:
-                    p.store.changed()
-            self.notifier.ready(status="policy reloaded" if outcome.ok else "policy rejected, previous kept")
+            ok = False
+            try:
+                before = dict(p.runtime.compiled.group_ids) if p.runtime.compiled else {}
+                outcome = p.runtime.reload(trigger)
+                self._policy_watcher.update(p.runtime.files, p.runtime.include_globs)
+                if outcome.ok and p.runtime.policy is not None and p.runtime.compiled is not None:
+                    p.controller.update_policy(p.runtime.policy, p.runtime.compiled)
+                    p.downstream.set_groups(group_prefixes(p.runtime.compiled))
+                    if p.upstream is not None:
+                        p.upstream.update_policy(p.runtime.policy)
+                    if dict(p.runtime.compiled.group_ids) != before:
+                        p.store.changed()
+                ok = outcome.ok
+            finally:
+                # Always: systemd waits for READY=1 after RELOADING=1 (and fails the reload job).
+                self.notifier.ready(status="policy reloaded" if ok else "policy rejected, previous kept")
             return {"ok": outcome.ok, "errors": outcome.errors, "warnings": outcome.warnings,
                     "prefixes_changed": outcome.prefixes_changed, "seconds": round(outcome.seconds, 3)}
 

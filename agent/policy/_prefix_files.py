@@ -15,12 +15,14 @@ from __future__ import annotations
 
 import bisect
 import difflib
+import io
 import socket
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from agent.policy._fields import PrefixEntry, parse_prefix
 from agent.policy._issues import KeyPath, PolicyIssue, format_path
+from agent.policy._regular import MAX_PREFIX_FILE_BYTES, open_regular
 from agent.policy._units import describe
 from agent.policy._yaml import Entry, Map, Node, Raw, Scalar, Seq
 
@@ -41,7 +43,7 @@ def read_prefix_file(path: Path, display: str, keypath: str) -> tuple[list[Prefi
     append, entry, parse = entries.append, PrefixEntry, parse_prefix
     pton, from_bytes, inet, inet6 = socket.inet_pton, int.from_bytes, socket.AF_INET, socket.AF_INET6
     # errors="replace": a stray byte makes that one line's prefix invalid, reported with its line.
-    with open(path, encoding="utf-8", errors="replace") as handle:
+    with io.TextIOWrapper(open_regular(path, MAX_PREFIX_FILE_BYTES), encoding="utf-8", errors="replace") as handle:
         for lineno, line in enumerate(handle, 1):
             text = line.strip()
             if not text or text[0] == "#":

@@ -21,12 +21,16 @@ from pathlib import Path
 import yaml
 
 from agent.policy._issues import KeyPath, Loc, PolicyIssue
+from agent.policy._regular import MAX_POLICY_BYTES, FileKindError, read_regular
 
 _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
+_COLLECTION_TAGS = frozenset({"tag:yaml.org,2002:seq", "tag:yaml.org,2002:map"})
 
-#: Aliases can expand exponentially ("billion laughs"); a policy never needs this many nodes.
-MAX_NODES = 20_000_000
+#: Aliases can expand exponentially ("billion laughs"). A policy never needs this many nodes
+#: (prefix lists go in prefix files); a million are built in about a second, well inside the
+#: daemon's watchdog.
+MAX_NODES = 1_000_000
 
 
 @dataclass(slots=True)
@@ -102,7 +106,14 @@ class _Builder:
         if isinstance(node, yaml.ScalarNode):
             if node.tag == _STR_TAG:
                 return Scalar(node.value, self.loc(node))
-            return Scalar(self.loader.construct_object(node), self.loc(node))
+            try:
+                return Scalar(self.loader.construct_object(node), self.loc(node))
+            except yaml.MarkedYAMLError:
+                raise
+            except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. `!!int abc`, a bad date
+                raise YamlFileError(self.loc(node), f"YAML value error: {exc}") from None
+        if node.tag not in _COLLECTION_TAGS:
+            raise YamlFileError(self.loc(node), f"the tag {node.tag!r} has no meaning in a policy: remove it")
         if id(node) in self._active:
             raise YamlFileError(self.loc(node), "an alias refers to the mapping or list that contains it")
         self._active.add(id(node))
@@ -191,13 +202,15 @@ def load_yaml(path: Path, display: str) -> tuple[Node | None, list[PolicyIssue]]
     """
     start = Loc(display, 1, 1)
     try:
-        data = path.read_bytes()
+        data = read_regular(path, MAX_POLICY_BYTES)
     except FileNotFoundError:
         raise YamlFileError(start, "no such file") from None
     except IsADirectoryError:
         raise YamlFileError(start, "is a directory, not a file") from None
     except PermissionError:
         raise YamlFileError(start, "permission denied: the file is not readable by this user") from None
+    except FileKindError as exc:
+        raise YamlFileError(start, str(exc.strerror)) from None
     except OSError as exc:
         raise YamlFileError(start, f"cannot read: {exc.strerror or exc}") from None
     try:
@@ -217,7 +230,12 @@ def load_yaml(path: Path, display: str) -> tuple[Node | None, list[PolicyIssue]]
         if root is None:
             return None, []
         builder = _Builder(display, loader)
-        tree = builder.build(root, ())
+        try:
+            tree = builder.build(root, ())
+        except yaml.MarkedYAMLError as exc:  # e.g. an unknown tag such as `!foo`, met while building
+            raise _syntax_error(display, exc, text) from None
+        except (yaml.YAMLError, ValueError, TypeError, OverflowError) as exc:  # e.g. a date such as 2024-13-45
+            raise YamlFileError(start, f"YAML value error: {exc}") from None
         return tree, builder.issues
     finally:
         loader.dispose()

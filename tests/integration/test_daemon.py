@@ -16,6 +16,7 @@ import time
 from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_proc import AgentProc
@@ -309,13 +310,32 @@ def test_notify_protocol(agent: AgentProc) -> None:
     agent.signal(signal.SIGHUP)
     agent.listener.wait_for("RELOADING", timeout=10)
     agent.listener.wait_for("READY", timeout=10)
+    # A file the YAML loader refuses (an unknown tag used to escape as an exception after
+    # RELOADING=1), reloaded because it changed: rejected, counted, and READY=1 still follows.
+    good = agent.policy.read_text()
+
+    def events_once(name: str, n: int) -> list[dict[str, Any]]:
+        deadline = time.monotonic() + 30
+        while len(found := agent.events(name)) < n and time.monotonic() < deadline:
+            assert agent.listener is not None
+            agent.listener.drain()  # read, as systemd does: a full queue would hold back READY=1
+            time.sleep(0.1)
+        assert len(found) >= n, f"no {name} #{n} within 30 s:\n{agent.log()[-3000:]}"
+        return found
+
+    agent.policy.write_text(good + "mode: !foo enforce\n")
+    rejected = events_once("policy_rejected", 1)
+    assert "the tag '!foo'" in " ".join(rejected[-1]["errors"]) and rejected[-1]["kept"] == "previous policy"
+    assert agent.cli_json("status")["policy"]["reloads_failed"] == 1
+    agent.policy.write_text(good)
+    events_once("policy_reloaded", 2)  # the restored file, reloaded because it changed
     agent.signal(signal.SIGTERM)
     agent.listener.wait_for("STOPPING", timeout=10)
     assert agent.proc.wait(20) == 0
     # Stopping leaves the program attached and enforcing.
     assert agent.xdp_prog_id() != 0
     order = [k for k in agent.listener.keys() if k in ("READY", "RELOADING", "STOPPING")]  # noqa: SIM118
-    assert order == ["READY", "RELOADING", "READY", "STOPPING"], order
+    assert order == ["READY", *["RELOADING", "READY"] * 3, "STOPPING"], order
 
 
 def test_live_scrape_passes_promtool(agent: AgentProc, traffic: Traffic) -> None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,6 +14,7 @@ import pytest
 from notify_listener import NotifyListener
 from structlog.testing import capture_logs
 
+from agent.daemon import sdnotify
 from agent.daemon.sdnotify import Notifier, NotifyError, monotonic_usec, parse_address
 
 REPO = Path(__file__).resolve().parents[2]
@@ -165,6 +167,30 @@ def test_a_failed_send_is_logged_not_raised(tmp_path: Path) -> None:
             "error": "No such file or directory",
         }
     ]
+
+
+def test_a_receiver_that_reads_nothing_never_blocks_the_daemon(
+    listener: NotifyListener, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full queue (systemd stuck; the kernel keeps 10 datagrams) used to block the main loop for good."""
+    monkeypatch.setattr(sdnotify, "SEND_TIMEOUT_S", 0.2)
+    n = notifier_for(listener)
+    results: list[bool] = []
+
+    def sends() -> None:
+        results.extend(n.watchdog() for _ in range(50))  # fill the queue, then more
+        results.append(n.ready(status="reloaded"))
+
+    t = threading.Thread(target=sends, daemon=True)
+    with capture_logs() as logs:
+        t.start()
+        t.join(60)
+    assert not t.is_alive(), "a send blocked"
+    sent = results.count(True)
+    assert 1 <= sent < 50 and results[-1] is False  # the queue took some; then pings and READY gave up
+    assert {e["errno"] for e in logs if e["event"] == "sd_notify_failed"} == {"EAGAIN", "ETIMEDOUT"}
+    assert len(listener.drain()) == sent  # what was reported sent arrived; nothing else did
+    assert n.ready() is True  # room again: the next state change goes through
 
 
 def test_a_child_process_notifies_with_its_own_pid(listener: NotifyListener) -> None:
