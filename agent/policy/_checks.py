@@ -137,9 +137,34 @@ def check_watch_sets(sections: list[Section], issues: list[PolicyIssue]) -> None
     report.finish()
 
 
-def check_overlaps(sections: list[Section], issues: list[PolicyIssue]) -> None:
-    """Report overlapping prefixes by the rules in the module docstring, in one sort and one sweep."""
+#: An allow entry wider than this (IPv4, IPv6) draws a warning: anyone can forge its addresses.
+WIDE_ALLOW = {4: 24, 6: 48}
+
+
+def check_wide_allows(sections: list[Section], issues: list[PolicyIssue]) -> None:
+    """A wide allow entry is a hole: a flood forged from its addresses passes every limit unseen."""
+    listed = [s for s in sections if s.kind == "allow" and s.entries]
+    report = _Reporter(listed, issues)
+    for number, section in enumerate(listed):
+        for index, e in enumerate(section.entries):
+            if e.prefixlen < WIDE_ALLOW[e.version]:
+                size = 1 << ((32 if e.version == 4 else 128) - e.prefixlen)
+                what = f"{size:,} addresses" if e.version == 4 else f"{size >> 64:,} /64s"
+                report.add("wide allow", (e.version, e.address, e.prefixlen, 0, ALLOW, number, index),
+                           f"allow {e.network} passes {what} past every limit, SYN check and ban; a flood "
+                           "with forged sources inside it cannot be mitigated. For sources that must only "
+                           "never be banned (monitoring, resolvers), use infrastructure instead")
+    report.finish()
+
+
+def check_overlaps(sections: list[Section], issues: list[PolicyIssue], *, allow_monitor: bool = False) -> None:
+    """Report overlapping prefixes by the rules in the module docstring, in one sort and one sweep.
+
+    ``allow_monitor``: the allow list only counts (``allow.monitor``), so a wide entry is no hole.
+    """
     check_watch_sets(sections, issues)
+    if not allow_monitor:
+        check_wide_allows(sections, issues)
     sections = [s for s in sections if s.kind in _LABELS]
     present = {section.kind for section in sections if section.entries}
     wanted = ({"allow", "deny"} <= present) or ("protect" in present)

@@ -18,6 +18,7 @@ from agent.policy._errors import Marks, flatten, translate
 from agent.policy._include import read_tree
 from agent.policy._issues import PolicyIssue
 from agent.policy._prefix_files import resolve_prefixes
+from agent.policy._yaml import Map, Scalar
 from agent.policy.model import Policy
 
 
@@ -51,6 +52,12 @@ class PolicyError(Exception):
         super().__init__(f"{len(issues)} error{'s' if len(issues) != 1 else ''} in policy:\n{lines}")
 
 
+def _allow_monitor(tree: Map) -> bool:
+    allow = tree.entries.get("allow")
+    monitor = allow.value.entries.get("monitor") if allow is not None and isinstance(allow.value, Map) else None
+    return monitor is not None and isinstance(monitor.value, Scalar) and monitor.value.value is True
+
+
 def load_policy(path: str | Path) -> LoadResult:
     """Read, validate and cross-check the policy at ``path`` and everything it includes."""
     path = Path(path)
@@ -59,7 +66,7 @@ def load_policy(path: str | Path) -> LoadResult:
     policy: Policy | None = None
     if tree is not None:
         sections = resolve_prefixes(tree, sources.files, issues)
-        check_overlaps(sections, issues)
+        check_overlaps(sections, issues, allow_monitor=_allow_monitor(tree))
         marks = Marks()
         data = flatten(tree, marks)
         try:

@@ -371,3 +371,20 @@ def test_empty_keys_mean_defaults_and_merge_with_other_files(here: Path) -> None
     assert [g.name for g in policy.protect] == ["web"]
     assert policy.limits.udp == Limits().udp, "an empty key is the built-in default"
     assert policy.control.group is None  # null is a value here: root only
+
+
+def test_a_wide_allow_entry_warns_that_forged_floods_pass_it(here: Path) -> None:
+    write(here, {"policy.yaml": """
+        interfaces: [eth0]
+        allow:
+          prefixes: [10.0.0.0/8, 192.0.2.0/24, "2001:db8::/32", "2001:db8:1::/48"]
+        """})
+    result = load_policy("policy.yaml")
+    assert result.ok
+    wide = [str(w) for w in result.warnings if "past every limit" in w.message]
+    assert len(wide) == 2
+    assert wide[0].startswith("policy.yaml:3:14: allow.prefixes[0]: warning: allow 10.0.0.0/8 passes 16,777,216")
+    assert "2001:db8::/32 passes 4,294,967,296 /64s" in wide[1] and "use infrastructure instead" in wide[1]
+    # allow.monitor only counts: no hole, no warning.
+    write(here, {"policy.yaml": "interfaces: [eth0]\nallow: {monitor: true, prefixes: [10.0.0.0/8]}\n"})
+    assert not [w for w in load_policy("policy.yaml").warnings if "past every limit" in w.message]
