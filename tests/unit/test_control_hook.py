@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+import tracemalloc
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +16,7 @@ from structlog.testing import capture_logs
 from synthetic import Flow, Scenario, lab_data
 
 from agent.contract.abi import TrafficClass
-from agent.control.hook import HookRunner
+from agent.control.hook import STDERR_TAIL, HookRunner, unsafe_hook
 from agent.policy.model import Policy
 
 WEB = ipaddress.ip_address("203.0.113.10")
@@ -134,6 +135,84 @@ def _alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_a_grandchild_that_leaves_the_group_is_killed_too(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner]
+) -> None:
+    pids = tmp_path / "pids"
+    hook = script(
+        tmp_path / "hook",
+        "import os, subprocess, sys, time\n"
+        # start_new_session: setsid() in the child, out of the hook's process group
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
+        "time.sleep(600)\n",
+    )
+    r = runner_factory(hook, timeout_s=3.0)
+    r.submit({"event": "attack_started", "id": "a1"})
+    wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the hook never started its child")
+    hook_pid, child_pid = map(int, pids.read_text().split())
+    assert os.getpgid(child_pid) == child_pid != hook_pid  # it really left the group
+    wait_for(lambda: r.failed == 1, "the timeout was not counted")
+    wait_for(lambda: not _alive(child_pid), "the grandchild that called setsid() outlived the timeout")
+    # Reaped, not left a zombie: the hook is no longer anybody's child here.
+    assert not Path(f"/proc/{hook_pid}").exists() or Path(f"/proc/{hook_pid}/stat").read_text().split()[2] != "Z"
+
+
+def test_a_hook_that_floods_stderr_costs_a_bounded_tail(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner]
+) -> None:
+    # 64 MiB on stderr, then failure: only the tail reaches the log (and memory).
+    hook = script(tmp_path / "hook", "import sys\nsys.stdin.read()\nchunk = b'x' * (1 << 20)\n"
+                                     "for _ in range(64):\n    sys.stderr.buffer.write(chunk)\n"
+                                     "sys.stderr.buffer.write(b'THE END')\nsys.exit(1)\n")
+    r = runner_factory(hook, timeout_s=60.0)
+    tracemalloc.start()
+    try:
+        with capture_logs() as logs:
+            r.submit({"event": "attack_started", "id": "a1"})
+            wait_for(lambda: r.failed == 1, "the failure was not counted")
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    (e,) = [e for e in logs if e["event"] == "hook_failed"]
+    assert e["stderr"].endswith("THE END") and len(e["stderr"]) == STDERR_TAIL
+    assert peak < 8 << 20, f"{peak:,} bytes allocated at the peak for 64 MiB of stderr"
+
+
+@pytest.mark.parametrize(
+    ("mode", "owner", "reason"),
+    [
+        (0o757, 0, "writable by group and others: chmod go-w"),
+        (0o775, 0, "writable by its group: chmod go-w"),
+        (0o755, 1000, "belongs to uid 1000, not root: chown root"),
+        (0o644, 0, "not executable: chmod +x"),
+    ],
+)
+def test_a_hook_others_could_write_is_refused(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner], mode: int, owner: int, reason: str
+) -> None:
+    ran = tmp_path / "ran"
+    hook = script(tmp_path / "hook", f"open({str(ran)!r}, 'w').write('ran')\n")
+    hook.chmod(mode)
+    os.chown(hook, owner, 0)
+    r = runner_factory(hook)
+    with capture_logs() as logs:
+        r.submit({"event": "attack_started", "id": "a1"})
+        wait_for(lambda: r.failed == 1, "the refusal was not counted")
+    (e,) = [e for e in logs if e["event"] == "hook_refused"]
+    assert reason in e["reason"] and not ran.exists()
+
+
+def test_a_hook_in_a_directory_others_could_write_is_refused(tmp_path: Path) -> None:
+    d = tmp_path / "open"
+    d.mkdir()
+    hook = script(d / "hook", "pass\n")
+    d.chmod(0o777)
+    assert unsafe_hook(hook) == f"its directory {d} is writable by others: chmod go-w {d}"
+    d.chmod(0o1777)  # sticky, like /tmp: nobody can replace another's file
+    assert unsafe_hook(hook) is None
 
 
 def test_a_full_queue_drops_records_with_a_log_line(tmp_path: Path, runner_factory: Callable[..., HookRunner]) -> None:
