@@ -34,6 +34,7 @@ from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamil
 from prometheus_client.registry import Collector
 
 from agent.contract import abi
+from agent.datapath.addrtable import count_bans
 from agent.datapath.errors import DatapathError
 from agent.datapath.mapport import MapPort
 from agent.datapath.maps import Table, count_hash_entries, count_lpm_entries
@@ -161,8 +162,8 @@ class MetricsSource(Protocol):
 
     def bans_by_origin(self) -> Mapping[str, int]:
         """Enforced bans in force now by origin label (``policy``, ``operator``,
-        ``auto``). Counting walks every record: keep a count the tick updates
-        (see :func:`count_bans`) rather than walking per scrape."""
+        ``auto``). Read under the agent's lock: the address table recounts only
+        after a change (``AddressTable.ban_counts``), never per scrape."""
         ...
 
     def active_rules(self) -> int:
@@ -176,19 +177,6 @@ class MetricsSource(Protocol):
     def upstream_stats(self) -> UpstreamStats | None:
         """Upstream escalation's state; None when the policy has no upstream block."""
         ...
-
-
-def count_bans(records: Iterable[tuple[object, int, int, tuple[int, int, int, int]]], now_ns: int) -> dict[str, int]:
-    """Enforced, unexpired bans per origin label, from ``AddressTable.records()``.
-
-    For the daemon to call under its lock when bans change; monitor-only bans
-    drop nothing and are not counted. ``now_ns`` is CLOCK_MONOTONIC.
-    """
-    out = {o.label: 0 for o in abi.Origin}
-    for _key, kind, origin, (expires, _created, flags, _reason) in records:
-        if kind == abi.SRC_BAN and flags & abi.SRC_BAN and (expires == 0 or expires > now_ns):
-            out[abi.Origin(origin).label] += 1
-    return out
 
 
 # --------------------------------------------------------------------------- the host: CPU, memory, NICs

@@ -11,7 +11,7 @@ import threading
 
 from agent.contract.clock import monotonic_ns
 from agent.datapath.mapport import MapPort
-from agent.metrics import AttackStats, MetricsSource, UpstreamStats, count_bans
+from agent.metrics import AttackStats, MetricsSource, UpstreamStats
 
 from .parts import Parts
 
@@ -53,7 +53,7 @@ class AgentMetrics:
 
     def bans_by_origin(self) -> dict[str, int]:
         with self._lock:
-            return count_bans(self._parts.port.addresses.records(), monotonic_ns())
+            return self._parts.port.addresses.ban_counts(monotonic_ns())
 
     def active_rules(self) -> int:
         return int(self._parts.port.read_config().n_rules)

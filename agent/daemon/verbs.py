@@ -26,7 +26,6 @@ from agent.contract import abi
 from agent.contract.clock import NS, check_ttl, monotonic_ns
 from agent.contract.keys import IPAddress, IPNetwork, Record, prefix_key
 from agent.datapath.errors import CapacityError
-from agent.metrics import count_bans
 
 from . import mapviews
 from .api import RequestError
@@ -281,7 +280,7 @@ class Verbs:
                 "last_errors": runtime.last_errors,
             },
             "rates": p.throughput.rates.summary(),
-            "bans": count_bans(p.port.addresses.records(), monotonic_ns()),
+            "bans": p.port.addresses.ban_counts(monotonic_ns()),
             "attacks_active": len(p.controller.attacks(active=True)),
         }
 

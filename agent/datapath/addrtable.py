@@ -36,7 +36,7 @@ The parts, one job each: ``_addrmodel`` (prefixes, records, the undo log),
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -57,6 +57,19 @@ from .maps import Maps
 __all__ = ["AddressTable", "CapacityError", "SrcState", "check_record", "merge"]
 
 
+def count_bans(records: Iterable[tuple[object, int, int, tuple[int, int, int, int]]], now_ns: int) -> dict[str, int]:
+    """Enforced, unexpired bans per origin label, from ``AddressTable.records()``.
+
+    For the daemon to call under its lock when bans change; monitor-only bans
+    drop nothing and are not counted. ``now_ns`` is CLOCK_MONOTONIC.
+    """
+    out = {o.label: 0 for o in abi.Origin}
+    for _key, kind, origin, (expires, _created, flags, _reason) in records:
+        if kind == abi.SRC_BAN and flags & abi.SRC_BAN and (expires == 0 or expires > now_ns):
+            out[abi.Origin(origin).label] += 1
+    return out
+
+
 class AddressTable:
     """The model of the address maps, and the writer that keeps them in sync."""
 
@@ -69,6 +82,9 @@ class AddressTable:
         self._host4 = Host4(maps["host4"], self._model, self._slots)
         self._lpm6 = Lpm6(maps["lpm6"], self._model, self._slots)
         self._committer = Committer(self._model, self._slots, self._entries, self._dir4, self._host4, self._lpm6)
+        # Bumped by every edit that can change which records exist; ban_counts() recounts only then.
+        self._generation = 0
+        self._counted: tuple[int, dict[str, int]] | None = None
 
     # --- lifetime ----------------------------------------------------------
 
@@ -87,6 +103,7 @@ class AddressTable:
         self._model.load(loaded.entries, loaded.expiries)
         self._slots.load(loaded.taken, loaded.perm)
         self._committer.synced = False
+        self._generation += 1
         return len(self._model.src)
 
     # --- the model ---------------------------------------------------------
@@ -108,7 +125,9 @@ class AddressTable:
     def set_record(self, net: IPNetwork | PrefixKey, kind: int, origin: int, record: Record | None) -> bool:
         """Set (or with None, remove) one origin's ban or allow record on a
         prefix. Returns whether anything changed."""
-        return self._model.set_record(net, kind, origin, record)
+        changed = self._model.set_record(net, kind, origin, record)
+        self._generation += changed
+        return changed
 
     def get_record(self, key: PrefixKey, kind: int, origin: int) -> Record | None:
         return self._model.get_record(key, kind, origin)
@@ -120,7 +139,9 @@ class AddressTable:
 
         Returns the number of prefixes whose records changed.
         """
-        return self._model.replace_origin(origin, bans, allows)
+        changed = self._model.replace_origin(origin, bans, allows)
+        self._generation += bool(changed)
+        return changed
 
     def set_watch(self, watch: dict[PrefixKey, int]) -> int:
         """Make the watched source prefixes exactly these (prefix -> watch set id 1..255).
@@ -147,7 +168,19 @@ class AddressTable:
         """Remove records whose expiry has passed; returns what was removed, soonest expiry first.
 
         Costs what is due, not what exists: the expiries are a heap."""
-        return self._model.expire(now)
+        removed = self._model.expire(now)
+        self._generation += bool(removed)
+        return removed
+
+    def ban_counts(self, now: int) -> dict[str, int]:
+        """Enforced, unexpired bans per origin label (the metrics' ``floodguard_bans_active``).
+
+        Counted again only after an edit, an expiry or a rollback: a scrape
+        between two changes costs a dict copy, not a walk over every record.
+        """
+        if self._counted is None or self._counted[0] != self._generation:
+            self._counted = (self._generation, count_bans(self._model.records(), now))
+        return dict(self._counted[1])
 
     # --- lookups (the model's answer, as the program would give it) --------
 
@@ -176,10 +209,15 @@ class AddressTable:
         the model, and the error is raised. The model never lists a ban the
         kernel does not hold, and one bad edit cannot block later commits.
         """
-        return self._committer.commit(now)
+        try:
+            return self._committer.commit(now)
+        except BaseException:
+            self._generation += 1  # the edits were undone
+            raise
 
     def rollback(self, now: int) -> None:
         """Undo the edits since the last commit (a caller that gives up before committing)."""
+        self._generation += 1
         self._committer.rollback(now)
 
     # --- reading back (tests, explain) -------------------------------------

@@ -256,6 +256,30 @@ def test_expire_with_10k_records_none_due_looks_at_none(h: Harness, monkeypatch:
     assert calls["heappop"] == 10 and calls["records"] == 0
 
 
+def test_ban_counts_walk_the_records_only_after_a_change(h: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    t = h.port.addresses
+    now = now_ns()
+    for i in range(1000):
+        t.set_record((4, (11 << 24) | i, 32), abi.SRC_BAN, abi.Origin.AUTO, (now + 10**12, now, abi.SRC_BAN, 0))
+    t.set_record((4, 12 << 24, 8), abi.SRC_BAN, abi.Origin.OPERATOR, (0, now, abi.SRC_BAN, 0))
+    walks = {"n": 0}
+    real = t._model.records
+
+    def counted(*a: Any, **kw: Any) -> Any:
+        walks["n"] += 1
+        return real(*a, **kw)
+
+    monkeypatch.setattr(t._model, "records", counted)
+    assert t.ban_counts(now) == {"policy": 0, "operator": 1, "auto": 1000}
+    for _ in range(100):  # scrapes between two changes
+        assert t.ban_counts(now)["auto"] == 1000
+    assert walks["n"] == 1
+    t.set_record((4, (11 << 24) | 5, 32), abi.SRC_BAN, abi.Origin.AUTO, None)  # an unban
+    assert t.ban_counts(now)["auto"] == 999 and walks["n"] == 2
+    assert t.expire(now + 10**12 + 1)  # every auto ban expires
+    assert t.ban_counts(now + 10**12 + 1) == {"policy": 0, "operator": 1, "auto": 0} and walks["n"] == 3
+
+
 # --------------------------------------------------------------------------- failed commits
 
 
