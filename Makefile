@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 FG     := $(VENV)/bin/floodguard
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-repeat demo bench lint install uninstall clean
+.PHONY: setup test test-faults test-repeat demo bench lint install uninstall clean
 
 setup:
 	@FLOODGUARD_VENV=$(VENV) ./scripts/setup.sh
@@ -17,6 +17,10 @@ setup:
 COV_ARGS ?= --cov=agent --cov-branch --cov-report=term:skip-covered
 test: setup
 	$(PY) -m pytest --durations=10 $(COV_ARGS) $(PYTEST_ARGS)
+
+# The fault suite alone (tests/faults.py): broken input and a broken environment, each a test.
+test-faults: setup
+	$(PY) -m pytest -m fault $(PYTEST_ARGS)
 
 # Finds flaky tests: the suite N times, then every test that failed at least once.
 # `make test-repeat N=5 PYTEST_ARGS=--random-order` shuffles the order in every run (seed printed).

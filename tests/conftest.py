@@ -53,3 +53,12 @@ def lab() -> Iterator[Lab]:
     """
     with build_lab(run_prefix("l"), attackers=1, clients=1) as built:
         yield built
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Mark the tests of the fault suite (tests/faults.py) as ``fault``: ``pytest -m fault``."""
+    from faults import FAULT_TESTS
+
+    for item in items:
+        if item.nodeid.split("[", 1)[0] in FAULT_TESTS:
+            item.add_marker(pytest.mark.fault)

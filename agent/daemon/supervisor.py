@@ -86,10 +86,28 @@ class Supervisor:
         self._ban_counts: dict[str, int] = {}
         self._syn_rotated = 0.0
         self._instance: InstanceLock | None = None
+        self._handlers: dict[int, object] = {}
 
     # ------------------------------------------------------------------ start
 
+    def _catch_signals(self) -> None:
+        """From the first moment: a SIGHUP while BCC builds (seconds) used to kill the daemon.
+
+        Until the loop runs, SIGHUP marks a reload for the loop's first turn and
+        SIGTERM a stop, which the loop honours before its first tick.
+        """
+        if self._handlers or threading.current_thread() is not threading.main_thread():
+            return
+        self._handlers = {sig: signal.signal(sig, self._on_signal)
+                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+
+    def _restore_signals(self) -> None:
+        for sig, h in self._handlers.items():
+            signal.signal(sig, h)  # type: ignore[arg-type]
+        self._handlers = {}
+
     def start(self) -> None:
+        self._catch_signals()
         result, policy = self._load_policy()
         logsetup.configure(policy.log.level, policy.log.format)
         # Before anything is touched: a second agent must not take the socket or share the pins.
@@ -163,7 +181,7 @@ class Supervisor:
         p = self._running()
         assert self._policy_watcher is not None
         watcher = self._policy_watcher
-        handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
+        self._catch_signals()
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         assert p.runtime.policy is not None
         tick = p.runtime.policy.detection.tick
@@ -206,8 +224,7 @@ class Supervisor:
                     break
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            for sig, h in handlers.items():
-                signal.signal(sig, h)
+            self._restore_signals()
         return 0
 
     @staticmethod

@@ -223,6 +223,43 @@ def test_sigkill_leaves_bans_enforced_and_restart_finds_them(agent: AgentProc, t
     assert agent.events("attached")[-1]["replaced"] == prog_before
 
 
+def test_sigkill_during_a_reload_loses_nothing(agent: AgentProc, traffic: Traffic, tmp_path: Path) -> None:
+    base = agent.policy.read_text().replace("  prefixes: 4096\n", "  prefixes: 131072\n")
+    agent.policy.write_text(base)
+    agent.start()
+    listener = traffic.listen(socket.AF_INET)
+    agent.cli("ban", BANNED, "--reason", "before the reload")
+    # A reload with work in it: 100k deny prefixes to parse, compile and write.
+    deny = tmp_path / "deny.txt"
+    deny.write_text("".join(f"{10 + (i >> 16)}.{(i >> 8) & 255}.{i & 255}.0/24\n" for i in range(100_000)))
+    old = 'deny:\n  prefixes: [{prefix: 10.99.0.0/16, reason: "policy deny"}]'
+    assert old in base
+    new = base.replace(old, old + f"\n  files: [{deny}]")
+    flood = Flood(traffic, BANNED)
+    flood.start()
+    try:
+        agent.policy.write_text(new)
+        agent.signal(signal.SIGHUP)
+        assert agent.listener is not None
+        agent.listener.wait_for("RELOADING", timeout=30)
+        agent.kill()  # in the middle of the reload (or just after it: the outcome must be the same)
+        killed_at = flood.sent
+        agent.start()
+        deadline = time.monotonic() + 30
+        while flood.sent - killed_at < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        flood.stop.set()
+        flood.join()
+    # The ban held through the kill and the restart; the restarted agent runs the new file whole.
+    got = received(traffic, listener)
+    assert got[BANNED] == 0, f"{got[BANNED]} of {flood.sent} banned datagrams got through"
+    bans = {b["prefix"]: b for b in agent.cli_json("bans")}
+    assert bans[f"{BANNED}/32"]["reason"] == "before the reload"
+    assert {"10.0.0.0/24", "11.134.159.0/24", "10.99.0.0/16"} <= set(bans)  # the file's first and last
+    assert agent.cli_json("status")["bans"] == {"policy": 100_001, "operator": 1, "auto": 0}
+
+
 def test_reboot_restores_bans_from_the_state_file(agent: AgentProc, traffic: Traffic) -> None:
     agent.start()
     banned_at = time.monotonic()
@@ -275,11 +312,23 @@ def test_upgrade_migrates_the_pins_of_another_version(agent: AgentProc, traffic:
     assert agent.events("abi_changed")
 
 
-def test_interface_created_later_and_recreated_gets_the_program(agent: AgentProc) -> None:
+def test_interface_created_later_and_recreated_gets_the_program(agent: AgentProc, traffic: Traffic) -> None:
     pair = agent.pair
-    agent.write_policy(interfaces=["fgx0"])
+    agent.write_policy(interfaces=["fgx0", pair.target.ifname])
     agent.start()
     assert agent.events("interface_unavailable")
+    flood = Flood(traffic, LEGIT)  # under load: the agent ticks over a busy interface meanwhile
+    flood.start()
+    with contextlib.ExitStack() as stop:
+        stop.callback(flood.join)
+        stop.callback(flood.stop.set)
+        _recreate_twice(agent)
+    assert flood.sent > 0
+    assert agent.xdp_prog_id(pair.target.ifname) == agent.xdp_prog_id()  # the busy one kept its program
+
+
+def _recreate_twice(agent: AgentProc) -> None:
+    pair = agent.pair
     with pair.topology.iproute(pair.target.ns) as ipr:
         for _round in range(2):
             ipr.link("add", ifname="fgx0", kind="veth", peer={"ifname": "fgx1"})
@@ -296,6 +345,20 @@ def test_interface_created_later_and_recreated_gets_the_program(agent: AgentProc
             while len(agent.events("interface_lost")) < _round + 1 and time.monotonic() < deadline:
                 time.sleep(0.05)
     assert len(agent.events("interface_lost")) == 2, agent.log()[-3000:]
+
+
+def test_sighup_during_the_build_is_a_reload_not_a_death(agent: AgentProc) -> None:
+    agent.start(wait=False)
+    assert agent.listener is not None and agent.proc is not None
+    # The first log line comes after the handlers are in place and before BCC builds (seconds).
+    deadline = time.monotonic() + 60
+    while not agent.log().strip() and agent.proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    agent.signal(signal.SIGHUP)
+    agent.wait_ready()
+    reloaded = agent.wait_event("policy_reloaded")
+    assert reloaded[0]["trigger"] == "SIGHUP" and agent.proc.poll() is None
+    assert agent.xdp_prog_id() != 0
 
 
 def test_notify_protocol(agent: AgentProc) -> None:
