@@ -1,11 +1,13 @@
-"""One agent at a time: an flock on a file beside the control socket.
+"""One agent at a time: an flock on a file beside the control socket, and one on the pin root.
 
 A second `floodguard run` would unlink the live agent's socket (its CLI goes
 dark) and share its pins and maps (two writers, two models of one table).
 The lock is held for the life of the process: the kernel drops it when the
 process dies, however it dies, so a stale file never blocks a start.
 `floodguard detach` asks the same lock whether an agent still runs before
-it removes anything.
+it removes anything. Two agents given different sockets but one pin root
+would still share the maps, so the pin root directory (on bpffs, where no
+lock file can live) is flocked too.
 """
 
 from __future__ import annotations
@@ -53,6 +55,24 @@ class InstanceLock:
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         return cls(path, fd)
+
+    @classmethod
+    def take_dir(cls, directory: Path) -> InstanceLock:
+        """An flock on ``directory`` itself (the pin root), or StartupError when another agent holds it."""
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise StartupError(
+                f"another floodguard uses the pins under {directory}: two agents on one pin root would "
+                "write the same maps. Stop the other one, or give this one its own --pin-root"
+            ) from None
+        except BaseException:
+            os.close(fd)
+            raise
+        return cls(directory, fd)
 
     def release(self) -> None:
         if self._fd is not None:

@@ -52,6 +52,7 @@ from .interfaces import InterfaceWatcher
 from .metrics_source import AgentMetrics
 from .parts import Parts, Throughput
 from .reload import PolicyRuntime
+from .restore import put_back
 from .sdnotify import Notifier
 from .state import Capture, Reasons, State, StateStore, restore
 from .verbs import Verbs
@@ -86,6 +87,7 @@ class Supervisor:
         self._ban_counts: dict[str, int] = {}
         self._syn_rotated = 0.0
         self._instance: InstanceLock | None = None
+        self._pins_lock: InstanceLock | None = None
         self._handlers: dict[int, object] = {}
 
     # ------------------------------------------------------------------ start
@@ -108,10 +110,18 @@ class Supervisor:
 
     def start(self) -> None:
         self._catch_signals()
+        try:
+            self._start()
+        except BaseException:
+            self._restore_signals()  # a start that fails leaves the process as it found it
+            raise
+
+    def _start(self) -> None:
         result, policy = self._load_policy()
         logsetup.configure(policy.log.level, policy.log.format)
         # Before anything is touched: a second agent must not take the socket or share the pins.
         self._instance = InstanceLock.take(lock_path(policy.control.socket))
+        self._pins_lock = InstanceLock.take_dir(Path(self.pin_root))
         store = StateStore(policy.state_dir)
         saved = store.load()
         reasons = Reasons(saved.reasons if saved is not None else None)
@@ -123,12 +133,13 @@ class Supervisor:
         program.pin_program()
         maps = Maps.from_program(program)
         port = MapPort(maps)
-        _restore(port.addresses, migrated, saved, reasons)
+        found = port.addresses.load_from_kernel()
 
         runtime = PolicyRuntime(self.policy_path, port)
         outcome = runtime.adopt(result, compiled)
         if not outcome.ok:
             raise StartupError("cannot apply the policy: " + "; ".join(outcome.errors))
+        _restore(port.addresses, found, migrated, saved, reasons)
         self._rotate_syn_key(port, force=True)
 
         downstream = Downstream(group_prefixes(runtime.compiled))
@@ -363,33 +374,22 @@ class Supervisor:
                 p.maps.close()
                 p.program.close()
         log.info("stopped", attached_program_stays=not (p is not None and p.interfaces.detaching))
-        if self._instance is not None and not self.remove_pins_on_exit:
-            self._instance.release()  # a detaching agent keeps it until its pins are gone (see run)
-            self._instance = None
+        if not self.remove_pins_on_exit:
+            self.release_instance()  # a detaching agent keeps it until its pins are gone (see run)
 
     def release_instance(self) -> None:
-        if self._instance is not None:
-            self._instance.release()
-            self._instance = None
+        for lock in (self._pins_lock, self._instance):
+            if lock is not None:
+                lock.release()
+        self._instance = self._pins_lock = None
 
 
-def _restore(table: AddressTable, migrated: list[pins.Entry], saved: State | None, reasons: Reasons) -> None:
-    """Rebuild the address model from the pins; fill it from old pins or, after a reboot, the state file."""
-    found = table.load_from_kernel()
-    restored = 0
-    if migrated:
-        for key, kind, origin, rec in migrated:
-            table.set_record(key, kind, origin, rec)
-        restored = len(migrated)
-    elif found == 0 and saved is not None:
-        for key, kind, origin, rec in restore(saved, reasons):
-            try:
-                table.set_record(key, kind, origin, rec)
-            except ValueError as e:  # one bad entry must not keep the guard from starting
-                log.warning("state_entry_skipped", prefix=str(key_network(key)), error=str(e))
-                continue
-            restored += 1
-    log.info("state_found", pinned_prefixes=found, restored=restored,
+def _restore(table: AddressTable, found: int, migrated: list[pins.Entry], saved: State | None,
+             reasons: Reasons) -> None:
+    """After the policy: the records of old pins or, after a reboot, of the state file, as far as they fit."""
+    records = migrated or (restore(saved, reasons) if found == 0 and saved is not None else [])
+    restored, left_out = put_back(table, records, monotonic_ns()) if records else (0, 0)
+    log.info("state_found", pinned_prefixes=found, restored=restored, left_out=left_out,
              source="migration" if migrated else "state file" if restored else "pins")
 
 

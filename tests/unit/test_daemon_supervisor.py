@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, cast
@@ -39,6 +40,30 @@ def test_a_second_agent_refuses_to_start_before_touching_socket_or_pins(
             Supervisor(policy, pin_root=str(tmp_path / "bpf")).start()
     finally:
         os.close(held)
+
+
+def test_a_second_agent_on_the_same_pin_root_refuses_even_with_its_own_socket(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sock = tmp_path / "second" / "control.sock"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"interfaces: [lo]\ncontrol: {{socket: {sock}, group: null}}\nstate_dir: {tmp_path / 'state'}\n")
+    pin_root = tmp_path / "bpf"
+    pin_root.mkdir()
+    held = os.open(pin_root, os.O_RDONLY | os.O_DIRECTORY)
+    fcntl.flock(held, fcntl.LOCK_EX)  # the first agent, which has another socket
+
+    def reached(*_a: Any, **_kw: Any) -> None:
+        raise AssertionError("the second agent went on to the pins")
+
+    monkeypatch.setattr(pins, "prepare", reached)
+    before = signal.getsignal(signal.SIGHUP)
+    try:
+        with pytest.raises(StartupError, match=f"another floodguard uses the pins under {pin_root}"):
+            Supervisor(policy, pin_root=str(pin_root)).start()
+    finally:
+        os.close(held)
+    assert signal.getsignal(signal.SIGHUP) is before  # a failed start gives the signals back
 
 
 def test_a_save_drops_reason_texts_no_record_refers_to(tmp_path: Path) -> None:
