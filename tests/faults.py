@@ -111,7 +111,11 @@ FAULTS: dict[str, list[str]] = {
         "tests/integration/test_daemon.py::test_sigkill_during_a_reload_loses_nothing",
         "tests/integration/test_e2e.py::test_killing_the_daemon_mid_attack_lets_everything_expire",
     ],
-    "malformed packets": ["tests/bpf/test_pipeline.py::test_case"],
+    "malformed packets": [
+        "tests/bpf/test_pipeline.py::test_case",
+        "tests/bpf/test_fuzz.py::test_fuzz_every_packet_gets_one_known_verdict",
+        "tests/bpf/test_fuzz.py::test_a_seed_replays_the_same_packets",
+    ],
 }
 
 #: Every test of the fault suite, as pytest node ids without parameters.
