@@ -54,6 +54,7 @@ from .parts import Parts, Throughput
 from .reload import PolicyRuntime
 from .restore import put_back
 from .sdnotify import Notifier
+from .signals import Signals
 from .state import Capture, Reasons, State, StateStore, restore
 from .verbs import Verbs
 
@@ -78,50 +79,32 @@ class Supervisor:
         self.remove_pins_on_exit = False
         self.tick_seconds: list[float] = []
         self.on_tick: list[Callable[[float], None]] = []
-        self._stop = threading.Event()
-        self._reload_requested = False
+        self._signals = Signals()
+        self._stop = self._signals.stop
         self._wake_r, self._wake_w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._policy_watcher: PolicyWatcher | None = None
         self._control: ControlServer | None = None
         self._exporter: metrics.Exporter | None = None
         self._ban_counts: dict[str, int] = {}
         self._syn_rotated = 0.0
-        self._instance: InstanceLock | None = None
-        self._pins_lock: InstanceLock | None = None
-        self._handlers: dict[int, object] = {}
+        self._locks: list[InstanceLock] = []  # the control socket's directory, the pin root
 
     # ------------------------------------------------------------------ start
 
-    def _catch_signals(self) -> None:
-        """From the first moment: a SIGHUP while BCC builds (seconds) used to kill the daemon.
-
-        Until the loop runs, SIGHUP marks a reload for the loop's first turn and
-        SIGTERM a stop, which the loop honours before its first tick.
-        """
-        if self._handlers or threading.current_thread() is not threading.main_thread():
-            return
-        self._handlers = {sig: signal.signal(sig, self._on_signal)
-                          for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
-
-    def _restore_signals(self) -> None:
-        for sig, h in self._handlers.items():
-            signal.signal(sig, h)  # type: ignore[arg-type]
-        self._handlers = {}
-
     def start(self) -> None:
-        self._catch_signals()
+        self._signals.catch()
         try:
             self._start()
         except BaseException:
-            self._restore_signals()  # a start that fails leaves the process as it found it
+            self._signals.restore()  # a start that fails leaves the process as it found it
             raise
 
     def _start(self) -> None:
         result, policy = self._load_policy()
         logsetup.configure(policy.log.level, policy.log.format)
         # Before anything is touched: a second agent must not take the socket or share the pins.
-        self._instance = InstanceLock.take(lock_path(policy.control.socket))
-        self._pins_lock = InstanceLock.take_dir(Path(self.pin_root))
+        self._locks.append(InstanceLock.take(lock_path(policy.control.socket)))
+        self._locks.append(InstanceLock.take_dir(Path(self.pin_root)))
         store = StateStore(policy.state_dir)
         saved = store.load()
         reasons = Reasons(saved.reasons if saved is not None else None)
@@ -192,7 +175,7 @@ class Supervisor:
         p = self._running()
         assert self._policy_watcher is not None
         watcher = self._policy_watcher
-        self._catch_signals()
+        self._signals.catch()
         old_wakeup = signal.set_wakeup_fd(self._wake_w)
         assert p.runtime.policy is not None
         tick = p.runtime.policy.detection.tick
@@ -221,8 +204,7 @@ class Supervisor:
                     self._guard("netlink", p.interfaces.on_readable)
                 if watcher.poll(0):
                     self._guard("reload", lambda: self.reload("file change"))
-                if self._reload_requested:
-                    self._reload_requested = False
+                if self._signals.take_reload():
                     self._guard("reload", lambda: self.reload("SIGHUP"))
                 now = time.monotonic()
                 if now >= next_tick:
@@ -235,7 +217,7 @@ class Supervisor:
                     break
         finally:
             signal.set_wakeup_fd(old_wakeup)
-            self._restore_signals()
+            self._signals.restore()
         return 0
 
     @staticmethod
@@ -246,13 +228,6 @@ class Supervisor:
             fn()
         except Exception as e:
             log.exception("loop_error", step=what, error=str(e))
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        if signum == signal.SIGHUP:
-            self._reload_requested = True
-        else:
-            log.info("stopping", signal=signal.Signals(signum).name)
-            self._stop.set()
 
     def tick(self) -> None:
         start = time.perf_counter()
@@ -378,10 +353,8 @@ class Supervisor:
             self.release_instance()  # a detaching agent keeps it until its pins are gone (see run)
 
     def release_instance(self) -> None:
-        for lock in (self._pins_lock, self._instance):
-            if lock is not None:
-                lock.release()
-        self._instance = self._pins_lock = None
+        while self._locks:
+            self._locks.pop().release()
 
 
 def _restore(table: AddressTable, found: int, migrated: list[pins.Entry], saved: State | None,
