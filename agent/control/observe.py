@@ -103,8 +103,7 @@ class Observer:
         )
         learn = _tcp_together(step.learn)
         self.baseline.learn(gp, gb, g.dt, learn)
-        calm = {k for k in samples.by_series if k[0] < learn.shape[0] and bool(learn[k])}
-        self.profiles.learn(samples.by_series, g.dt, calm)
+        self.profiles.learn(samples.by_series, g.dt, lambda k: k[0] < learn.shape[0] and bool(learn[k]))
         self._acks.append({gid: Counter(source_key(x.src) for x in got)
                            for (gid, cls), got in samples.by_series.items() if cls == TrafficClass.TCP_OTHER})
         self._syns.append({gid: Counter(source_key(x.src) for x in got)

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from agent.contract.abi import LIMIT_CLASSES, TrafficClass
@@ -36,6 +37,8 @@ from .samples import source_key
 KEYS_KEPT = 64
 #: Seconds of samples over which a source's rate is estimated.
 SOURCE_WINDOW_S = 10.0
+#: Seconds a tick's samples wait before the profile learns them (see ``Profiles.learn``).
+HINDSIGHT_S = 2.0
 #: A source needs this many samples in the window before its rate counts.
 MIN_SOURCE_SAMPLES = 3
 
@@ -115,6 +118,9 @@ class Profiles:
         self.half_life_s = half_life_s
         self.sample_every = max(sample_every, 1)
         self._groups: dict[int, GroupProfile] = {}
+        # Ticks not folded in yet: (dt, samples of the calm series, calm series without samples).
+        self._held: deque[tuple[float, dict[tuple[int, int], list[PacketSample]], set[tuple[int, int]]]] = deque()
+        self._held_s = 0.0
 
     def configure(self, half_life_s: float, sample_every: int) -> None:
         self.half_life_s = half_life_s
@@ -129,10 +135,19 @@ class Profiles:
     def remap(self, moves: dict[int, int]) -> None:
         """Group ids changed on a reload (old -> new): profiles follow their group."""
         self._groups = {moves[g]: p for g, p in self._groups.items() if g in moves}
+        self._held = deque((dt, {(moves[g], c): v for (g, c), v in held.items() if g in moves},
+                            {(moves[g], c) for g, c in aged if g in moves}) for dt, held, aged in self._held)
 
     def learn(self, by_series: dict[tuple[int, int], list[PacketSample]], dt: float,
-              calm: set[tuple[int, int]]) -> None:
-        """Fold in one tick of samples of the series in ``calm`` (group, class); decay everything."""
+              calm: Callable[[tuple[int, int]], bool]) -> None:
+        """Take one tick of samples of the series that are ``calm`` (group, class); decay everything.
+
+        With hindsight: a tick is folded in only ``HINDSIGHT_S`` later, and a
+        series that stops being calm meanwhile loses its held ticks. So the
+        first ticks of a flood, still under the threshold while it ramps up,
+        never teach the profile that the flood's sources are normal (they set
+        the per-source limit an attack gets: ten times the heaviest source).
+        """
         if dt <= 0:
             return
         factor = 0.5 ** (dt / self.half_life_s) if self.half_life_s > 0 else 1.0
@@ -143,9 +158,25 @@ class Profiles:
                 cp.protos.decay(factor)
                 cp.samples *= factor
                 cp.heavy_source_pps *= factor
+        seen = set(by_series) | {k for _, held, _ in self._held for k in held}
+        hot = {k for k in seen if not calm(k)}
+        if hot:
+            for _, held, aged in self._held:
+                for k in hot:
+                    held.pop(k, None)
+                    aged.discard(k)
+        held = {k: v for k, v in by_series.items() if k[1] < LIMIT_CLASSES and v and calm(k)}
+        aged = {(gid, cls) for gid in self._groups for cls in range(LIMIT_CLASSES)
+                if (gid, cls) not in by_series and calm((gid, cls))}
+        self._held.append((dt, held, aged))
+        self._held_s += dt
+        while self._held and self._held_s - self._held[0][0] >= HINDSIGHT_S:
+            self._fold(*self._held.popleft())
+
+    def _fold(self, dt: float, by_series: dict[tuple[int, int], list[PacketSample]],
+              aged: set[tuple[int, int]]) -> None:
+        self._held_s -= dt
         for (gid, cls), samples in by_series.items():
-            if (gid, cls) not in calm or cls >= LIMIT_CLASSES or not samples:
-                continue
             prof = self.of(gid)
             cp = prof.classes[cls]
             cp.samples += len(samples)
@@ -154,10 +185,9 @@ class Profiles:
             cp.protos.add(Counter(s.proto for s in samples))
             self._sources(prof, cls, samples, dt)
         # a calm series with no sample this tick still ages its source window
-        for gid, prof in self._groups.items():
-            for cls in range(LIMIT_CLASSES):
-                if (gid, cls) in calm and (gid, cls) not in by_series:
-                    self._age(prof, cls, dt)
+        for gid, cls in aged:
+            if gid in self._groups:
+                self._age(self._groups[gid], cls, dt)
 
     def _sources(self, prof: GroupProfile, cls: int, samples: list[PacketSample], dt: float) -> None:
         window = prof.source_windows[cls]

@@ -224,7 +224,7 @@ def test_sigkill_leaves_bans_enforced_and_restart_finds_them(agent: AgentProc, t
 
 
 def test_sigkill_during_a_reload_loses_nothing(agent: AgentProc, traffic: Traffic, tmp_path: Path) -> None:
-    base = agent.policy.read_text().replace("  prefixes: 4096\n", "  prefixes: 131072\n")
+    base = agent.policy.read_text().replace("  prefixes: 4096\n", "  prefixes: 262144\n")
     agent.policy.write_text(base)
     agent.start()
     listener = traffic.listen(socket.AF_INET)
@@ -314,7 +314,7 @@ def test_upgrade_migrates_the_pins_of_another_version(agent: AgentProc, traffic:
 
 def test_interface_created_later_and_recreated_gets_the_program(agent: AgentProc, traffic: Traffic) -> None:
     pair = agent.pair
-    agent.write_policy(interfaces=["fgx0", pair.target.ifname])
+    agent.write_policy(interfaces=["fgx0"])  # and the pair's own interface, busy below
     agent.start()
     assert agent.events("interface_unavailable")
     flood = Flood(traffic, LEGIT)  # under load: the agent ticks over a busy interface meanwhile
