@@ -109,7 +109,10 @@ class Supervisor:
         saved = store.load()
         reasons = Reasons(saved.reasons if saved is not None else None)
         self._ban_counts = dict(saved.ban_counts) if saved is not None else {}
-        compiled = compile_policy(policy, saved.group_ids if saved is not None and saved.group_ids else None)
+        try:
+            compiled = compile_policy(policy, saved.group_ids if saved is not None and saved.group_ids else None)
+        except ValueError as e:  # e.g. the policy's prefixes and the bans do not fit its capacity
+            raise StartupError(f"the policy {self.policy_path} cannot run: {e}") from None
 
         migrated = pins.prepare(self.pin_root, self.pin_dir, compiled.capacity)
         program = loader.build(loader.BuildOptions(pin_dir=self.pin_dir, capacity=compiled.capacity))
