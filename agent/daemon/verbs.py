@@ -282,6 +282,7 @@ class Verbs:
             "rates": p.throughput.rates.summary(),
             "bans": p.port.addresses.ban_counts(monotonic_ns()),
             "attacks_active": len(p.controller.attacks(active=True)),
+            "detection": p.controller.status(),
         }
 
     def bans(self, a: BansArgs) -> list[dict[str, object]]:
