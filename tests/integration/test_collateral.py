@@ -20,7 +20,7 @@ import pytest
 
 from agent.contract import abi
 from agent.lab.runagent import LabAgent
-from agent.lab.topology import Lab, build_lab
+from agent.lab.topology import Lab, build_lab, run_prefix
 from agent.lab.traffic import attach_upstream_pass
 from agent.lab.web import ClientPool, HttpLoad, WebServer
 
@@ -30,7 +30,7 @@ LOAD_SECONDS = 4
 
 @pytest.fixture(scope="module")
 def web_lab() -> Iterator[Lab]:
-    lab = build_lab()
+    lab = build_lab(run_prefix("c"))
     up = attach_upstream_pass(lab)
     try:
         yield lab

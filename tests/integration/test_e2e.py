@@ -22,7 +22,7 @@ import pytest
 from agent.contract import abi
 from agent.lab.runagent import LabAgent
 from agent.lab.scenarios import SCENARIOS, run_scenario
-from agent.lab.topology import Lab, build_lab
+from agent.lab.topology import Lab, build_lab, run_prefix
 from agent.lab.traffic import Flood, attach_upstream_pass
 
 FLOOD_SECONDS = 10
@@ -31,7 +31,7 @@ HOLD_DOWN_WAIT = 15.0
 
 @pytest.fixture(scope="module")
 def e2e_lab() -> Iterator[Lab]:
-    lab = build_lab()
+    lab = build_lab(run_prefix("e"))  # a prefix of its own: the kill test below builds another lab
     up = attach_upstream_pass(lab)
     try:
         yield lab
@@ -174,8 +174,9 @@ def test_scenario_is_detected_mitigated_and_relaxed(e2e_lab: Lab, agent: LabAgen
 
 
 def test_killing_the_daemon_mid_attack_lets_everything_expire() -> None:
-    # A lab of its own: the module's agent must not fight this one for gw-in.
-    lab = build_lab()
+    # A lab of its own, under its own names: the module's agent must not fight this one for gw-in,
+    # and the module's lab must survive it whatever order the tests run in.
+    lab = build_lab(run_prefix("x"))
     agent = LabAgent(lab, overrides={"mitigation": {"ttl": "3s"}})
     try:
         agent.start()
