@@ -160,6 +160,8 @@ class InterfaceWatcher:
     def _link_event(self, itf: Iface, msg: Any) -> None:
         log.debug("link_event", interface=itf.name, change=msg["event"], ifindex=msg["index"])
         if msg["event"] == "RTM_DELLINK":
+            if itf.ifindex and msg["index"] != itf.ifindex:
+                return  # a late report of an earlier interface of that name: the new one is fine
             self._lost(itf)
             return
         xdp = msg.get_attr("IFLA_XDP")
