@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import socket
-import socketserver
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -32,6 +31,8 @@ from wsgiref.simple_server import WSGIRequestHandler, WSGIServer
 
 import structlog
 from prometheus_client import CollectorRegistry, make_wsgi_app
+
+from agent.bounded import BoundedThreadingMixIn
 
 #: Connections served at once; Prometheus needs one per scraping server.
 MAX_CONNECTIONS = 16
@@ -69,8 +70,7 @@ class _Handler(WSGIRequestHandler):
         """Quiet: a scrape every 15 s is not news."""
 
 
-class _Server(socketserver.ThreadingMixIn, WSGIServer):
-    daemon_threads = True
+class _Server(BoundedThreadingMixIn, WSGIServer):
     allow_reuse_address = True
     request_queue_size = 64
 
@@ -82,30 +82,19 @@ class _Server(socketserver.ThreadingMixIn, WSGIServer):
         self._refused_logged = 0
         self._refused_logged_at = -_REFUSED_LOG_EVERY_S
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            self._refuse(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
+    def serve_one(self, request: Any, client_address: Any) -> None:
         cut = threading.Timer(DEADLINE_S, _cut, (request,))
         cut.daemon = True
         cut.start()
         try:
-            super().process_request_thread(request, client_address)
+            super().serve_one(request, client_address)
         finally:
             cut.cancel()
-            self.slots.release()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         """A client that hung up or was cut off at its deadline is not an error of ours."""
 
-    def _refuse(self, request: socket.socket) -> None:
+    def refuse(self, request: socket.socket) -> None:
         self.refused += 1  # counted before the client can see the answer
         with contextlib.suppress(OSError):
             request.setblocking(False)

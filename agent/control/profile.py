@@ -166,8 +166,9 @@ class Profiles:
                     held.pop(k, None)
                     aged.discard(k)
         held = {k: v for k, v in by_series.items() if k[1] < LIMIT_CLASSES and v and calm(k)}
-        aged = {(gid, cls) for gid in self._groups for cls in range(LIMIT_CLASSES)
-                if (gid, cls) not in by_series and calm((gid, cls))}
+        # Only windows that hold something can age: a tick costs the active series, not every group.
+        aged = {(gid, cls) for gid, prof in self._groups.items() for cls, window in enumerate(prof.source_windows)
+                if window and (gid, cls) not in by_series and calm((gid, cls))}
         self._held.append((dt, held, aged))
         self._held_s += dt
         while self._held and self._held_s - self._held[0][0] >= HINDSIGHT_S:

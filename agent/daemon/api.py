@@ -27,6 +27,8 @@ from typing import Any
 
 import structlog
 
+from agent.bounded import BoundedThreadingMixIn
+
 log = structlog.get_logger()
 
 #: Serves one request: (verb, arguments) -> the result to send back; raises RequestError to refuse it.
@@ -57,8 +59,7 @@ class _SlowClientError(Exception):
     """The client did not send a whole request line in time."""
 
 
-class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
+class _Server(BoundedThreadingMixIn, socketserver.UnixStreamServer):
     allow_reuse_address = True
     # Connections waiting to be accepted: beyond it a Unix socket refuses with EAGAIN, so a
     # burst of CLI calls (a script banning many prefixes) would fail rather than wait its turn.
@@ -66,26 +67,12 @@ class _Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
     handler: Handler
     read_timeout: float = READ_TIMEOUT
     max_clients: int = MAX_CLIENTS
-    slots: threading.BoundedSemaphore
 
-    def process_request(self, request: Any, client_address: Any) -> None:
-        if not self.slots.acquire(blocking=False):
-            # Answered from the accepting thread without waiting: the socket buffer takes one line.
-            _send(request, {"ok": False, "error": f"the agent is serving {self.max_clients} clients already: "
-                                                   f"try again in a few seconds"}, nonblocking=True)
-            self.shutdown_request(request)
-            return
-        try:
-            super().process_request(request, client_address)
-        except BaseException:
-            self.slots.release()
-            raise
-
-    def process_request_thread(self, request: Any, client_address: Any) -> None:
-        try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self.slots.release()
+    def refuse(self, request: Any) -> None:
+        # Answered from the accepting thread without waiting: the socket buffer takes one line.
+        _send(request, {"ok": False, "error": f"the agent is serving {self.max_clients} clients already: "
+                                               f"try again in a few seconds"}, nonblocking=True)
+        self.shutdown_request(request)
 
 
 def _send(sock: socket.socket, resp: Mapping[str, object], nonblocking: bool = False) -> None:

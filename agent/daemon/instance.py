@@ -37,8 +37,12 @@ class InstanceLock:
     @classmethod
     def take(cls, path: Path) -> InstanceLock:
         """The lock, or StartupError naming the agent that holds it."""
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as e:
+            raise StartupError(f"cannot create the lock {path}: {e.strerror}; "
+                               "check control.socket's directory (it must be writable by root)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -59,8 +63,12 @@ class InstanceLock:
     @classmethod
     def take_dir(cls, directory: Path) -> InstanceLock:
         """An flock on ``directory`` itself (the pin root), or StartupError when another agent holds it."""
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        except OSError as e:
+            raise StartupError(f"cannot use the pin root {directory}: {e.strerror}; it must be a writable "
+                               "directory on bpffs (/sys/fs/bpf; `make setup` mounts it)") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -57,7 +57,7 @@ def put_back(table: AddressTable, records: Sequence[Saved], now: int) -> tuple[i
             log.error("state_entries_left_out", left_out=left, restored=restored, error=str(e),
                       hint="the saved bans do not fit this policy's capacity: raise capacity.prefixes "
                            "(or capacity.hosts4 / prefixes6) and restart to restore them all")
-            return restored, left
+            return restored - skipped, left
         restored += len(chunk)
         i += len(chunk)
     return restored - skipped, 0

@@ -102,17 +102,24 @@ def test_a_missing_hook_is_logged_not_raised(tmp_path: Path, runner_factory: Cal
     assert [e["event"] for e in logs] == ["hook_failed"]
 
 
-def test_a_slow_hook_is_killed_at_its_timeout_with_its_children(
-    tmp_path: Path, runner_factory: Callable[..., HookRunner]
-) -> None:
+def hook_with_a_child(tmp_path: Path, *, new_session: bool) -> tuple[Path, Path]:
+    """A hook that starts a child (in a session of its own: setsid()), writes both pids, and hangs."""
     pids = tmp_path / "pids"
     hook = script(
         tmp_path / "hook",
         "import os, subprocess, sys, time\n"
-        f"child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'])\n"
+        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], "
+        f"start_new_session={new_session})\n"
         f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
         "time.sleep(600)\n",
     )
+    return hook, pids
+
+
+def test_a_slow_hook_is_killed_at_its_timeout_with_its_children(
+    tmp_path: Path, runner_factory: Callable[..., HookRunner]
+) -> None:
+    hook, pids = hook_with_a_child(tmp_path, new_session=False)
     # The timeout is long enough for the hook to start its child and say so on any machine; the test
     # waits for that first, so what it then decides is the kill, not a race with Python's start-up.
     r = runner_factory(hook, timeout_s=3.0)
@@ -140,15 +147,7 @@ def _alive(pid: int) -> bool:
 def test_a_grandchild_that_leaves_the_group_is_killed_too(
     tmp_path: Path, runner_factory: Callable[..., HookRunner]
 ) -> None:
-    pids = tmp_path / "pids"
-    hook = script(
-        tmp_path / "hook",
-        "import os, subprocess, sys, time\n"
-        # start_new_session: setsid() in the child, out of the hook's process group
-        "child = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)'], start_new_session=True)\n"
-        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{child.pid}}')\n"
-        "time.sleep(600)\n",
-    )
+    hook, pids = hook_with_a_child(tmp_path, new_session=True)
     r = runner_factory(hook, timeout_s=3.0)
     r.submit({"event": "attack_started", "id": "a1"})
     wait_for(lambda: pids.exists() and len(pids.read_text().split()) == 2, "the hook never started its child")

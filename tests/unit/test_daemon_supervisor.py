@@ -77,3 +77,12 @@ def test_a_save_drops_reason_texts_no_record_refers_to(tmp_path: Path) -> None:
     capture = sup._capture()
     assert reasons.texts == {2: "scanner"} and capture.reasons == {2: "scanner"}
     assert reasons.id_of("scanner") == 2
+
+
+def test_a_pin_root_that_cannot_be_a_directory_is_one_sentence(tmp_path: Path) -> None:
+    sock = tmp_path / "run" / "control.sock"
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(f"interfaces: [lo]\ncontrol: {{socket: {sock}, group: null}}\nstate_dir: {tmp_path / 'state'}\n")
+    (tmp_path / "a-file").write_text("")
+    with pytest.raises(StartupError, match=r"cannot use the pin root .*a-file/bpf: Not a directory; it must be"):
+        Supervisor(policy, pin_root=str(tmp_path / "a-file" / "bpf")).start()
