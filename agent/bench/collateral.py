@@ -22,6 +22,16 @@ Configurations
              log settings of this run.
 ``lab``      the real daemon with etc/lab-policy.yaml as LabAgent renders it (100 ms ticks,
              2 to detect, static thresholds, ``syn_auth: always``, a watch set ``clients``).
+``ceiling``  no agent: the perfect filter (``bpf/lab_ceiling.bpf.c``, :func:`agent.lab.traffic.attach_ceiling`)
+             on ``gw-in``, natively, where floodguard attaches. It knows the answer (every flood of
+             the lab comes from the foreign ranges, every client from the domestic ones) and drops
+             every foreign packet with no lookup at all. Measured in the attack phases only (in
+             calm it passes everything, as ``none``). What the load gets with it is the most any
+             filter at the gateway can give on this machine: on two CPUs shared by trafgen, the
+             upstream router's forwarding, nginx and wrk, a flood costs the load CPU even when
+             every packet of it is dropped at the first hook. ``of_ceiling`` (each attack row of
+             ``default`` and ``lab``) is the row's rps over the ceiling's in the same phase: the
+             part of the loss that floodguard itself causes.
 
 Loads
 -----
@@ -43,7 +53,7 @@ what hurts an unprotected server's users.
 
 Measurement
 -----------
-For each load, phase and configuration, in that order (the three configurations of one phase
+For each load, phase and configuration, in that order (the configurations of one phase
 are measured one after the other, so drift in the machine's load touches them alike):
 
 1. a fresh nginx, the crowd's address pool (``crowd``) and a fresh agent (unless ``none``);
@@ -74,8 +84,8 @@ learned baseline of one phase reaches the next. Waiting for the attacks to relax
 that within the bench's time: with the default policy an attack ends 30 s (``hold_down``) after
 its flood, its rules last 60 s, a ban 10 minutes, and a verified source stays verified for 10
 minutes either way. The cost is a daemon start per phase (a BCC build: about 4 s here) and an
-agent that has learned only a moment of calm before its attack; the whole bench takes six to
-seven minutes on a 2-CPU machine.
+agent that has learned only a moment of calm before its attack; the whole bench takes nine to
+ten minutes on a 2-CPU machine.
 
 From the agent, for each phase with one: its attack records (kind, vector, class, the verdict's
 lever and why, the ladder steps applied, sources banned), and the legitimate side's losses,
@@ -95,8 +105,9 @@ Each row also has the daemon's CPU time over the phase (``agent_cpu_s``: its pro
 from /proc), which on a 2-CPU machine is taken from the load and the flood alike.
 
 Targets (printed, never a failure: the bench exits 0 once it has run): with floodguard, calm at
-least 95% of calm without; during each attack at least 90% of calm without; no legitimate
-source limited or banned in calm.
+least 95% of calm without; during each attack at least 90% of calm without; during each attack
+at least 90% of the ceiling's (the loss floodguard causes, apart from what the flood costs the
+machine); no legitimate source limited or banned in calm.
 """
 
 from __future__ import annotations
@@ -121,9 +132,11 @@ from agent.contract import abi
 from . import _util
 from ._util import BenchError
 
-CONFIGS = ("none", "default", "lab")
+CONFIGS = ("none", "ceiling", "default", "lab")
 """Every configuration, in the order each phase measures them; ``none`` is the reference."""
 REFERENCE_CONFIG = "none"
+CEILING_CONFIG = "ceiling"
+AGENT_CONFIGS = ("default", "lab")
 LOADS = ("single", "crowd")
 CALM = "calm"
 CALM_END = "calm_end"
@@ -150,6 +163,7 @@ CONFIG_SUMMARY = {
     "none": "no agent: the gateway routes everything",
     "default": "floodguard with only the interface and the servers' group in its policy; every other key default",
     "lab": "floodguard with etc/lab-policy.yaml",
+    "ceiling": "no agent: a perfect filter on gw-in drops every foreign source (attack phases only)",
 }
 LOAD_SUMMARY = {
     "single": "wrk from one client address (a CGNAT address)",
@@ -269,10 +283,14 @@ def references(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
 
 
 def add_ratios(rows: list[dict[str, Any]]) -> None:
-    """Set each row's ``ratio``: its rps over the same load's calm without floodguard (the mean of its measurements)."""
+    """Set each row's ``ratio``: its rps over the same load's calm without floodguard (the mean of its measurements);
+    and each agent row's ``of_ceiling``: its rps over the perfect filter's in the same load and phase (None without)."""
     ref = {load: x["rps"] for load, x in references(rows).items()}
+    ceiling = {(r["load"], r["phase"]): r["rps"] for r in rows if r["config"] == CEILING_CONFIG}
     for r in rows:
         r["ratio"] = ratio(r["rps"], ref.get(r["load"]))
+        r["of_ceiling"] = (ratio(r["rps"], ceiling.get((r["load"], r["phase"])))
+                           if r["config"] in AGENT_CONFIGS else None)
 
 
 def legit_hit(row: Mapping[str, Any]) -> int | None:
@@ -288,11 +306,13 @@ def targets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     def check(r: Mapping[str, Any], value: float | int | None, ok: bool | None) -> dict[str, Any]:
         return {"config": r["config"], "load": r["load"], "phase": r["phase"], "value": value, "met": ok}
 
-    agent_rows = [r for r in rows if r["config"] != REFERENCE_CONFIG]
+    agent_rows = [r for r in rows if r["config"] in AGENT_CONFIGS]
     calm = [check(r, r["ratio"], None if r["ratio"] is None else r["ratio"] >= CALM_TARGET)
             for r in agent_rows if r["phase"] == CALM]
     attack = [check(r, r["ratio"], None if r["ratio"] is None else r["ratio"] >= ATTACK_TARGET)
               for r in agent_rows if r["phase"] != CALM]
+    of_ceiling = [check(r, r["of_ceiling"], r["of_ceiling"] >= ATTACK_TARGET)
+                  for r in agent_rows if r["phase"] != CALM and r.get("of_ceiling") is not None]
     clean = []
     for r in agent_rows:
         if r["phase"] == CALM:
@@ -308,6 +328,8 @@ def targets(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
         target("calm", f"with floodguard, calm rps >= {CALM_TARGET:.0%} of calm without", CALM_TARGET, calm),
         target("attack", f"with floodguard, rps during each attack >= {ATTACK_TARGET:.0%} of calm without",
                ATTACK_TARGET, attack),
+        target("attack_of_ceiling", f"with floodguard, rps during each attack >= {ATTACK_TARGET:.0%} of the perfect "
+               "filter's (ceiling) in the same attack: the loss floodguard itself causes", ATTACK_TARGET, of_ceiling),
         target("calm_clean", "0 legitimate sources limited or banned in calm (no client packet discarded, no client "
                "address banned)", 0, clean),
     ]
@@ -451,7 +473,7 @@ class _Bench:
     def measure(self, config: str, load: str, phase: str) -> dict[str, Any]:
         """One (config, load, phase): everything it starts is stopped and removed before it returns."""
         from agent.lab.scenarios import SCENARIOS
-        from agent.lab.traffic import Flood
+        from agent.lab.traffic import Flood, attach_ceiling
         from agent.lab.web import ClientPool, HttpLoad, WebServer
 
         s, lab = self.setup, self.lab
@@ -461,7 +483,9 @@ class _Bench:
             web = stack.enter_context(WebServer(lab, port=WEB_PORT))
             if load == "crowd":
                 stack.enter_context(ClientPool(lab, CLIENT, CROWD_SIZE))
-            agent = self._agent(config, stack) if config != REFERENCE_CONFIG else None
+            agent = self._agent(config, stack) if config in AGENT_CONFIGS else None
+            if config == CEILING_CONFIG:
+                stack.enter_context(attach_ceiling(lab))
             before = self._counts(agent) if agent is not None else {}
             cpu0 = tree_cpu_s(agent.proc.pid) if agent is not None else 0.0
             # The users are there before the attack, and stay: an unmeasured run of the same load from
@@ -483,7 +507,7 @@ class _Bench:
             cpu = tree_cpu_s(agent.proc.pid) - cpu0 if agent is not None else None
             row: dict[str, Any] = {
                 "config": config, "load": load, "phase": phase, "rps": round(result.rps, 1),
-                "errors": result.error_count, "ratio": None, "requests": result.requests,
+                "errors": result.error_count, "ratio": None, "of_ceiling": None, "requests": result.requests,
                 "error_kinds": {k: v for k, v in result.errors.items() if v}, "p99_ms": result.p99_ms,
                 "flood_pps": None if report is None else round(report.pps),
                 "records": None, "legit_discarded": None,
@@ -547,6 +571,8 @@ def run(setup: Setup | None = None, *, configs: Iterable[str] | None = None, loa
                 for config in cfgs:
                     if config == REFERENCE_CONFIG and phase != CALM and not reference_everywhere:
                         continue
+                    if config == CEILING_CONFIG and phase == CALM:
+                        continue  # it passes everything the calm load sends: it is `none` there
                     row = bench.measure(config, load, phase)
                     rows.append(row)
                     say(f"[{time.monotonic() - started:4.0f} s] {load:6} {phase:14} {config:7} "
@@ -563,6 +589,7 @@ def run(setup: Setup | None = None, *, configs: Iterable[str] | None = None, loa
             "none": {"summary": CONFIG_SUMMARY["none"]},
             "default": {"summary": CONFIG_SUMMARY["default"], "policy": default},
             "lab": {"summary": CONFIG_SUMMARY["lab"], "policy": str(bench.lab_policy_path)},
+            "ceiling": {"summary": CONFIG_SUMMARY["ceiling"]},
         },
         "loads": {k: LOAD_SUMMARY[k] for k in lds},
         "reference": references(rows),
@@ -618,16 +645,18 @@ def render(result: Mapping[str, Any]) -> str:
          f"connections, a new connection per request, {s['seconds']:g} s per phase, attacks after "
          f"{s['settle_s']:g} s of flood); server link {link}"),
         "",
-        (f"{'load':<7} {'phase':<15} {'config':<8} {'req/s':>9} {'ratio':>6} {'errors':>7} {'flood pps':>9}  "
-         f"{'legit discarded':<24} floodguard's records"),
+        (f"{'load':<7} {'phase':<15} {'config':<8} {'req/s':>9} {'ratio':>6} {'of ceil':>7} {'errors':>7} "
+         f"{'flood pps':>9}  {'legit discarded':<24} floodguard's records"),
     ]
     for r in result["rows"]:
         flood = "-" if r["flood_pps"] is None else f"{r['flood_pps']:,}"
         lines.append(f"{r['load']:<7} {r['phase']:<15} {r['config']:<8} {r['rps']:>9,.0f} {_ratio_text(r['ratio']):>6} "
-                     f"{r['errors']:>7,} {flood:>9}  {_legit_text(r['legit_discarded']):<24} "
+                     f"{_ratio_text(r.get('of_ceiling')):>7} {r['errors']:>7,} {flood:>9}  "
+                     f"{_legit_text(r['legit_discarded']):<24} "
                      f"{_records_text(r['records']) or '-'}")
     lines += ["", ("ratio: requests/s over the same load's calm without floodguard (config none: the mean of its "
-                   "phase calm, first of the load, and calm_end, last).")]
+                   "phase calm, first of the load, and calm_end, last). of ceil: requests/s over the perfect "
+                   "filter's (config ceiling) in the same phase.")]
     for load, ref in result.get("reference", {}).items():
         lines.append(f"  {load}: {' and '.join(f'{x:,.0f}' for x in ref['measured'])} req/s, reference "
                      f"{ref['rps']:,.0f}")
@@ -651,7 +680,7 @@ def render(result: Mapping[str, Any]) -> str:
 
 EPILOG = """\
 examples:
-  floodguard bench collateral                        the table (six to seven minutes)
+  floodguard bench collateral                        the table (nine to ten minutes)
   floodguard bench collateral --json                 as JSON (progress goes to stderr)
   floodguard bench collateral --phase syn_flood --load single
                                                      one attack, one load (calm without floodguard is always measured)
@@ -666,8 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="floodguard bench collateral",
         description="Requests per second of a real HTTP load (a new connection per request, from one address "
         "and from a crowd of 200) through the lab's gateway, without floodguard, with its defaults and with "
-        "the lab policy, in calm and during each attack; ratios to calm without floodguard, and whether "
-        "the targets hold.",
+        "the lab policy, in calm and during each attack, and with a perfect filter (every attacker dropped "
+        "at gw-in) during each attack; ratios to calm without floodguard and to the perfect filter, and "
+        "whether the targets hold.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )

@@ -70,7 +70,7 @@ XDP_TX into the upstream router
 A frame a program on ``gw-in`` sends back with XDP_TX is only delivered if
 ``up-gw`` runs an XDP program too (see :mod:`agent.lab.topology`).
 :func:`attach_upstream_pass` builds ``bpf/lab_pass.bpf.c`` (XDP_PASS) and
-attaches it natively there; :meth:`UpstreamPass.detach` removes it.
+attaches it natively there; :meth:`LabProgram.detach` removes it.
 """
 
 from __future__ import annotations
@@ -124,6 +124,7 @@ __all__ = [
     "FloodError",
     "FloodReport",
     "LabProcessError",
+    "LabProgram",
     "LegitServer",
     "LinkCounter",
     "ListenCounters",
@@ -133,7 +134,8 @@ __all__ = [
     "Recipe",
     "Sample",
     "ServerLink",
-    "UpstreamPass",
+    "attach_ceiling",
+    "attach_lab_program",
     "attach_upstream_pass",
     "carpet_bombing",
     "connect_test",
@@ -1441,11 +1443,13 @@ def listen_counters(lab: Lab) -> ListenCounters:
 
 LAB_PASS_SOURCE = "lab_pass.bpf.c"  # noqa: S105 — a file name, not a password
 LAB_PASS_FUNCTION = "xdp_lab_pass"  # noqa: S105 — a function name, not a password
+LAB_CEILING_SOURCE = "lab_ceiling.bpf.c"
+LAB_CEILING_FUNCTION = "xdp_lab_ceiling"
 
 
 @dataclass
-class UpstreamPass:
-    """The XDP_PASS program attached natively to ``up-gw`` (see the module docstring)."""
+class LabProgram:
+    """A lab XDP program attached natively to one interface of the lab (``up-gw``: see the module docstring)."""
 
     lab: Lab
     prog_id: int
@@ -1466,7 +1470,7 @@ class UpstreamPass:
         except (DatapathError, OSError):
             return  # the interface or its namespace is gone, and the program with it
         if state.prog_id != self.prog_id:
-            _log().warning("upstream_pass_replaced", ifname=self.ifname, expected=self.prog_id, found=state.prog_id)
+            _log().warning("lab_program_replaced", ifname=self.ifname, expected=self.prog_id, found=state.prog_id)
             return
         attach.detach(self.ifname, netns=self.ns, only_floodguard=False)
 
@@ -1477,18 +1481,31 @@ class UpstreamPass:
         self.detach()
 
 
-def attach_upstream_pass(lab: Lab) -> UpstreamPass:
-    """Build ``bpf/lab_pass.bpf.c`` and attach it natively to ``up-gw``, so XDP_TX from ``gw-in`` is delivered."""
+def attach_lab_program(lab: Lab, iface: Iface, source: str, function: str) -> LabProgram:
+    """Build ``bpf/<source>`` and attach its ``function`` natively to ``iface`` of ``lab``; the pins go at once."""
     from agent.datapath import attach, loader
 
-    link = lab.upstream_link
-    pin_dir = f"{loader.BPFFS}/floodguard-lab-{os.getpid()}-{link.ifname}"
-    prog = loader.build(loader.BuildOptions(pin_dir=pin_dir, source=LAB_PASS_SOURCE, function=LAB_PASS_FUNCTION))
+    pin_dir = f"{loader.BPFFS}/floodguard-lab-{os.getpid()}-{iface.ifname}"
+    prog = loader.build(loader.BuildOptions(pin_dir=pin_dir, source=source, function=function))
     try:
-        result = attach.attach(link.ifname, prog.fd, attach.XdpMode.NATIVE, netns=link.ns)
+        result = attach.attach(iface.ifname, prog.fd, attach.XdpMode.NATIVE, netns=iface.ns)
     finally:
         prog.close()  # the attachment holds the program
         loader.remove_pins(pin_dir)
-    _log().info("upstream_pass_attached", ifname=link.ifname, ns=link.ns, prog_id=result.prog_id)
-    return UpstreamPass(lab, result.prog_id, link.ifname, link.ns)
+    _log().info("lab_program_attached", source=source, ifname=iface.ifname, ns=iface.ns, prog_id=result.prog_id)
+    return LabProgram(lab, result.prog_id, iface.ifname, iface.ns)
+
+
+def attach_upstream_pass(lab: Lab) -> LabProgram:
+    """Build ``bpf/lab_pass.bpf.c`` and attach it natively to ``up-gw``, so XDP_TX from ``gw-in`` is delivered."""
+    return attach_lab_program(lab, lab.upstream_link, LAB_PASS_SOURCE, LAB_PASS_FUNCTION)
+
+
+def attach_ceiling(lab: Lab) -> LabProgram:
+    """The perfect filter (``bpf/lab_ceiling.bpf.c``) on ``gw-in``: every foreign source dropped, nothing else.
+
+    Where floodguard would attach; the best any filter at the gateway can do for the legitimate
+    side on this machine (``floodguard bench collateral``'s ``ceiling``).
+    """
+    return attach_lab_program(lab, lab.gateway_ingress, LAB_CEILING_SOURCE, LAB_CEILING_FUNCTION)
 

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import ipaddress
+import re
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+import agent
 from agent.bench import collateral as c
 from agent.bench._util import BenchError
 
@@ -102,8 +105,35 @@ def test_targets_met_when_every_check_holds_and_unmeasured_without_rows() -> Non
     rows = [row("none", "crowd", "calm", 1000.0), row("lab", "crowd", "calm", 1000.0, packets=0),
             row("lab", "crowd", "icmp_flood", 990.0, packets=0)]
     c.add_ratios(rows)
-    assert [x["met"] for x in c.targets(rows)] == [True, True, True]
-    assert [x["met"] for x in c.targets([row("none", "crowd", "calm", 1000.0)])] == [None, None, None]
+    assert [x["name"] for x in c.targets(rows)] == ["calm", "attack", "attack_of_ceiling", "calm_clean"]
+    assert [x["met"] for x in c.targets(rows)] == [True, True, None, True], "no ceiling row: not measured"
+    assert [x["met"] for x in c.targets([row("none", "crowd", "calm", 1000.0)])] == [None, None, None, None]
+
+
+def test_agent_rows_are_also_taken_against_the_perfect_filter_of_the_same_phase() -> None:
+    rows = [row("none", "single", "calm", 1000.0), row("none", "single", "syn_flood", 300.0),
+            row("ceiling", "single", "syn_flood", 800.0), row("default", "single", "syn_flood", 600.0, packets=0),
+            row("lab", "single", "syn_flood", 760.0, packets=0), row("lab", "single", "calm", 990.0, packets=0),
+            row("lab", "crowd", "syn_flood", 500.0, packets=0)]
+    c.add_ratios(rows)
+    assert [r["of_ceiling"] for r in rows] == [None, None, None, 0.75, 0.95, None, None]
+    t = {x["name"]: x for x in c.targets(rows)}
+    assert [(x["config"], x["value"], x["met"]) for x in t["attack_of_ceiling"]["checks"]] == [
+        ("default", 0.75, False), ("lab", 0.95, True)]
+    assert t["attack_of_ceiling"]["met"] is False
+    assert [x["config"] for x in t["attack"]["checks"]] == ["default", "lab", "lab"], "the ceiling is no agent"
+
+
+def test_the_perfect_filter_drops_exactly_the_labs_foreign_ranges() -> None:
+    from agent.lab.topology import FOREIGN_V4, FOREIGN_V6
+
+    text = (Path(agent.__file__).parent.parent / "bpf" / "lab_ceiling.bpf.c").read_text()
+    defines = dict(re.findall(r"#define (LAB_FOREIGN\w*) (0x[0-9A-Fa-f]+|\d+)", text))
+    assert int(defines["LAB_FOREIGN_NET"].rstrip("U"), 0) == int(FOREIGN_V4.network_address)
+    assert int(defines["LAB_FOREIGN_LEN"]) == FOREIGN_V4.prefixlen
+    groups = FOREIGN_V6.network_address.exploded.split(":")
+    assert FOREIGN_V6.prefixlen == 48
+    assert [int(defines[f"LAB_FOREIGN6_{i}"], 0) for i in range(3)] == [int(g, 16) for g in groups[:3]]
 
 
 def test_legit_discarded_packets_fail_the_calm_target() -> None:
