@@ -167,6 +167,54 @@ def time_program(fd: int, frame: bytes, repeat: int, runs: int) -> Timing:
     return Timing(float(statistics.median(samples)), tuple(samples), retval, repeat * (runs + 1))
 
 
+def time_program_on(fd: int, frame: bytes, repeat: int, runs: int, cpus: Sequence[int]) -> list[Timing]:
+    """:func:`time_program` on every CPU of ``cpus`` at once: a thread pinned to each, released together.
+
+    The test-run syscall releases the GIL (ctypes), so the programs really run side by side and
+    contend for what they share: LRU locks, the same buckets, counters. bench.h's counter is per
+    CPU, so every CPU visits the same sources in the same order: the worst case for shared state.
+    """
+    if not cpus:
+        raise ValueError("no CPU to run on")
+    start = threading.Barrier(len(cpus))
+    results: list[Timing | None] = [None] * len(cpus)
+    errors: list[BaseException] = []
+
+    def work(i: int, cpu: int) -> None:
+        try:
+            os.sched_setaffinity(0, {cpu})  # this thread only
+            start.wait()
+            results[i] = time_program(fd, frame, repeat, runs)
+        except BaseException as e:  # noqa: BLE001 — re-raised in the caller's thread
+            start.abort()
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(i, cpu), name=f"bench-cpu{cpu}") for i, cpu in enumerate(cpus)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:  # the first real error, not the barrier another thread's error broke
+        raise next((e for e in errors if not isinstance(e, threading.BrokenBarrierError)), errors[0])
+    return [t for t in results if t is not None]
+
+
+def parse_cpus(text: str) -> tuple[int, ...]:
+    """``--cpus``: a comma-separated list of CPUs this process may run on ("0,1"), each once."""
+    try:
+        cpus = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise ValueError(f"--cpus {text!r}: give CPU numbers separated by commas, e.g. 0,1") from None
+    allowed = os.sched_getaffinity(0)
+    bad = [c for c in cpus if c not in allowed]
+    if bad:
+        raise ValueError(f"--cpus {text!r}: CPU {', '.join(map(str, bad))} is not one this process may use "
+                         f"({', '.join(map(str, sorted(allowed)))})")
+    if len(set(cpus)) != len(cpus):
+        raise ValueError(f"--cpus {text!r}: a CPU is listed twice")
+    return cpus
+
+
 # --- frames ----------------------------------------------------------------------
 
 ETH_P_IP = 0x0800
@@ -190,11 +238,12 @@ def _csum(data: bytes) -> int:
     return ~s & 0xFFFF
 
 
-def _l4(proto: int, tcp_flags: int, payload: bytes) -> bytes:
+def _l4(proto: int, tcp_flags: int, payload: bytes, sport: int, dport: int | None) -> bytes:
     if proto == IPPROTO_TCP:
         # sport, dport, seq, ack, data offset 5, flags, window, csum, urg
-        return struct.pack("!HHIIBBHHH", 40000, 443, 1, 1, 5 << 4, tcp_flags, 65535, 0, 0) + payload
-    return struct.pack("!HHHH", 40000, 53, 8 + len(payload), 0) + payload
+        return struct.pack("!HHIIBBHHH", sport, 443 if dport is None else dport, 1, 1, 5 << 4, tcp_flags,
+                           65535, 0, 0) + payload
+    return struct.pack("!HHHH", sport, 53 if dport is None else dport, 8 + len(payload), 0) + payload
 
 
 def frame(
@@ -205,18 +254,29 @@ def frame(
     tcp_flags: int = TCP_ACK,
     vlans: Sequence[tuple[int, int]] = (),
     payload: bytes = b"",
+    sport: int = 40000,
+    dport: int | None = None,
+    fragment_offset: int = 0,
 ) -> bytes:
     """An Ethernet frame (padded to 60 bytes) with optional VLAN tags
     ((TPID, VID), outermost first), IPv4 or IPv6 by the address form, and a
-    TCP or UDP header. Built by hand so the bench needs no scapy."""
+    TCP or UDP header (``dport`` None: 443 for TCP, 53 for UDP). A
+    ``fragment_offset`` (IPv4, in 8-byte units) makes it a non-first
+    fragment: the bytes after the IP header are then data, not a header.
+    Built by hand so the bench needs no scapy."""
     import ipaddress
 
     s, d = ipaddress.ip_address(src), ipaddress.ip_address(dst)
     if s.version != d.version:
         raise ValueError(f"{src} and {dst} are not of one family")
-    l4 = _l4(proto, tcp_flags, payload)
+    if fragment_offset and s.version != 4:
+        raise ValueError("fragment_offset is IPv4 only")
+    if not 0 <= fragment_offset < 1 << 13:
+        raise ValueError(f"fragment_offset {fragment_offset} does not fit 13 bits")
+    l4 = _l4(proto, tcp_flags, payload, sport, dport)
     if s.version == 4:
-        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, 0, 64, proto, 0, s.packed, d.packed)
+        hdr = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(l4), 1, fragment_offset, 64, proto, 0, s.packed,
+                          d.packed)
         hdr = hdr[:10] + struct.pack("!H", _csum(hdr)) + hdr[12:]
         l3, ethertype = hdr + l4, ETH_P_IP
     else:

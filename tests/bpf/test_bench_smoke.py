@@ -26,10 +26,16 @@ def test_every_scenario_has_a_number_and_a_reason(datapath_result: dict[str, Any
     assert list(rows) == list(datapath.SCENARIOS)
     notes = "\n".join(datapath_result["notes"])
     for name, row in rows.items():
-        assert set(row) == {"ns_per_packet", "ratio_to_trivial_drop", "reason"}, name
+        assert set(row) == {"ns_per_packet", "ratio_to_trivial_drop", "ratio_to_one_miss", "peer", "ratio_to_peer",
+                            "reason"}, name
         assert isinstance(row["ns_per_packet"], float) and row["ns_per_packet"] > 0, f"{name}: {row}\n{notes}"
         assert isinstance(row["ratio_to_trivial_drop"], float) and row["ratio_to_trivial_drop"] > 0, name
+        assert isinstance(row["ratio_to_one_miss"], float) and row["ratio_to_one_miss"] > 0, name
         assert row["reason"], name
+    assert rows["legit_pass"]["peer"] == "xdp_filter_pass" and rows["banned_32_of_1m"]["peer"] == "xdp_filter_drop"
+    for name in ("legit_pass", "banned_32_of_1m"):
+        assert isinstance(rows[name]["ratio_to_peer"], float) and rows[name]["ratio_to_peer"] > 0, name
+    assert rows["spoofed_flood"]["peer"] is None and rows["spoofed_flood"]["ratio_to_peer"] is None
 
 
 def test_reasons_are_what_the_program_counted(datapath_result: dict[str, Any]) -> None:
@@ -44,6 +50,9 @@ def test_reasons_are_what_the_program_counted(datapath_result: dict[str, Any]) -
     assert rows["trivial_drop"]["reason"] == "drop"
     assert rows["xdp_filter_pass"]["reason"] == "pass"
     assert rows["xdp_filter_drop"]["reason"] == "drop"
+    assert rows["one_miss"]["reason"] == "drop", "every source the run visits is in one_miss's hash"
+    assert rows["rule_drop"]["reason"] == "rule_drop", "the DNS reflection meets its rule, the 16th"
+    assert rows["fragment"]["reason"] == "rule_drop", "the non-first fragments meet the fragment rule"
 
 
 def test_json_shape_and_cleanup(datapath_result: dict[str, Any]) -> None:
@@ -51,7 +60,10 @@ def test_json_shape_and_cleanup(datapath_result: dict[str, Any]) -> None:
     assert {"scenarios", "build_seconds", "build_peak_rss_mb"} <= set(doc)
     assert doc["build_seconds"] > 0 and doc["build_peak_rss_mb"] > 0
     assert "tail_call_drop" in doc, "the front's tail call into xdp-filter was refused: " + "; ".join(doc["notes"])
-    assert "legit_vs_xdp_filter" in doc["targets"]
+    assert set(doc["targets"]) == {f"{name}_vs_{against}" for name, against, _most in datapath.TARGETS}
+    for entry in doc["targets"].values():
+        assert entry["met"] in (True, False), entry  # every target measured in one run
+    assert "met_without_front" in doc["targets"]["legit_pass_vs_xdp_filter_pass"]
     assert datapath.render(datapath_result)
     assert not os.path.exists(f"/sys/fs/bpf/floodguard-bench-{os.getpid()}")
 
