@@ -853,8 +853,9 @@ def render(result: dict[str, Any]) -> str:
             what += f" (peer: {row['peer']})"
         if row.get("per_cpu_ns"):
             what += " [" + ", ".join(f"cpu {c}: {ns:.1f}" for c, ns in row["per_cpu_ns"].items()) + "]"
-        lines.append(f"{name:<17} {_fmt(row['ns_per_packet'], '7.1f')} {_fmt(row.get('ratio_to_one_miss'), '7.2f')} "
-                     f"{_fmt(row.get('ratio_to_peer'), '7.2f')} {_fmt(row['ratio_to_trivial_drop'], '7.2f')}  "
+        lines.append(f"{name:<17} {_fmt(row['ns_per_packet'], '.1f'):>7} "
+                     f"{_fmt(row.get('ratio_to_one_miss'), '.2f'):>7} "
+                     f"{_fmt(row.get('ratio_to_peer'), '.2f'):>7} {_fmt(row['ratio_to_trivial_drop'], '.2f'):>7}  "
                      f"{row['reason']:<14} {what}")
     tail = result.get("tail_call_drop")
     if tail is not None:
