@@ -513,19 +513,21 @@ def test_upstream_pass_attaches_natively_and_detaches(lab: Lab) -> None:
 # --- the perfect filter of bench collateral ---------------------------------------------------------------
 
 
-@pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
-def test_the_ceiling_drops_every_foreign_packet_and_passes_the_clients(lab: Lab, ipv6: bool) -> None:
+def test_the_ceiling_drops_every_foreign_packet_and_passes_the_clients(lab: Lab) -> None:
     """bench collateral's ``ceiling``: on gw-in, natively; no packet of a flood from the foreign range
-    leaves the gateway towards the servers, and every client connection completes through it."""
+    (IPv4 or IPv6) leaves the gateway towards the servers, and every client connection completes through it."""
     ingress, internal = lab.gateway_ingress, lab.gateway_internal
     with attach_ceiling(lab) as ceiling:
         state = attach.xdp_state(ingress.ifname, netns=ingress.ns)
         assert state.mode_attached == "native" and state.prog_id == ceiling.prog_id
-        before = lab.topology.link_stats(lab.gateway, internal.ifname)
-        report = Flood(lab, "reflection_dns", pps=RATE, duration=1.0, ipv6=ipv6).start().wait(timeout=20.0)
-        after = lab.topology.link_stats(lab.gateway, internal.ifname)
-        assert report.packets_sent == RATE
-        assert after.tx_packets == before.tx_packets, f"{after.tx_packets - before.tx_packets} flood packets passed"
+        for ipv6 in (False, True):
+            before = lab.topology.link_stats(lab.gateway, internal.ifname)
+            report = Flood(lab, "reflection_dns", pps=RATE, duration=1.0, ipv6=ipv6).start().wait(timeout=20.0)
+            after = lab.topology.link_stats(lab.gateway, internal.ifname)
+            assert report.packets_sent == RATE
+            assert after.tx_packets == before.tx_packets, (
+                f"ipv6={ipv6}: {after.tx_packets - before.tx_packets} flood packets passed")
         with LegitServer(lab):
-            assert connect_test(lab, 10, ipv6=ipv6).success_pct == 100.0
+            assert connect_test(lab, 10).success_pct == 100.0
+            assert connect_test(lab, 10, ipv6=True).success_pct == 100.0
     assert not attach.xdp_state(ingress.ifname, netns=ingress.ns).attached
