@@ -12,55 +12,19 @@
  * filter at the gateway can give on this machine, where the flood's
  * generator and the upstream router share the CPUs with the load.
  *
- * LAB_FOREIGN_NET/LAB_FOREIGN_LEN and LAB_FOREIGN6_* default to the lab's
- * ranges; tests/unit/test_bench_collateral.py keeps them equal.
+ * The lab's foreign ranges are in lab.h, shared with lab_pass.bpf.c.
  */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
-#include <uapi/linux/ipv6.h>
 
-#ifndef LAB_FOREIGN_NET
-#define LAB_FOREIGN_NET 0xC6120000 /* 198.18.0.0 */
-#endif
-#ifndef LAB_FOREIGN_LEN
-#define LAB_FOREIGN_LEN 15
-#endif
-/* 2001:db8:f::/48: the first three 16-bit groups of the source */
-#ifndef LAB_FOREIGN6_0
-#define LAB_FOREIGN6_0 0x2001
-#endif
-#ifndef LAB_FOREIGN6_1
-#define LAB_FOREIGN6_1 0x0db8
-#endif
-#ifndef LAB_FOREIGN6_2
-#define LAB_FOREIGN6_2 0x000f
-#endif
+#include "lab.h"
 
 int xdp_lab_ceiling(struct xdp_md *ctx)
 {
 	void *data = (void *)(long)ctx->data;
 	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end)
-		return XDP_PASS;
-	if (eth->h_proto == __builtin_bswap16(ETH_P_IP)) {
-		struct iphdr *ip = (void *)(eth + 1);
-		if ((void *)(ip + 1) > data_end)
-			return XDP_PASS;
-		__u32 mask = ~0U << (32 - LAB_FOREIGN_LEN);
-		if ((__builtin_bswap32(ip->saddr) & mask) == LAB_FOREIGN_NET)
-			return XDP_DROP;
-		return XDP_PASS;
-	}
-	if (eth->h_proto == __builtin_bswap16(ETH_P_IPV6)) {
-		struct ipv6hdr *ip6 = (void *)(eth + 1);
-		if ((void *)(ip6 + 1) > data_end)
-			return XDP_PASS;
-		__u16 *s = (__u16 *)&ip6->saddr;
-		if (__builtin_bswap16(s[0]) == LAB_FOREIGN6_0 && __builtin_bswap16(s[1]) == LAB_FOREIGN6_1 &&
-		    __builtin_bswap16(s[2]) == LAB_FOREIGN6_2)
-			return XDP_DROP;
-	}
-	return XDP_PASS;
+	struct iphdr *ip = lab_ipv4(data, data_end);
+	if (ip)
+		return lab_foreign4(ip->saddr) ? XDP_DROP : XDP_PASS;
+	struct ipv6hdr *ip6 = lab_ipv6(data, data_end);
+	return ip6 && lab_foreign6(&ip6->saddr) ? XDP_DROP : XDP_PASS;
 }

@@ -11,35 +11,18 @@
  * flush it (agent/lab/topology.py, "XDP_TX on a veth").
  *
  * It also plays the Internet for packets to the forged foreign addresses of
- * the lab's floods (LAB_FOREIGN_NET/LAB_FOREIGN_LEN, set by the loader): on
- * a real uplink, challenges to spoofed sources leave the box; in the lab the
+ * the lab's floods (lab.h): on a real uplink, challenges to spoofed sources
+ * leave the box; in the lab the
  * upstream "router" shares the machine's two CPUs, so they are dropped here
  * instead of being routed into a blackhole at 50,000 per second, crowding
  * out the challenges that real clients must receive.
  */
 #include <uapi/linux/bpf.h>
-#include <uapi/linux/if_ether.h>
-#include <uapi/linux/ip.h>
 
-#ifndef LAB_FOREIGN_NET
-#define LAB_FOREIGN_NET 0xC6120000U /* 198.18.0.0 */
-#endif
-#ifndef LAB_FOREIGN_LEN
-#define LAB_FOREIGN_LEN 15
-#endif
+#include "lab.h"
 
 int xdp_lab_pass(struct xdp_md *ctx)
 {
-	void *data = (void *)(long)ctx->data;
-	void *data_end = (void *)(long)ctx->data_end;
-	struct ethhdr *eth = data;
-	if ((void *)(eth + 1) > data_end || eth->h_proto != __builtin_bswap16(ETH_P_IP))
-		return XDP_PASS;
-	struct iphdr *ip = (void *)(eth + 1);
-	if ((void *)(ip + 1) > data_end)
-		return XDP_PASS;
-	__u32 mask = ~0U << (32 - LAB_FOREIGN_LEN);
-	if ((__builtin_bswap32(ip->daddr) & mask) == LAB_FOREIGN_NET)
-		return XDP_DROP;
-	return XDP_PASS;
+	struct iphdr *ip = lab_ipv4((void *)(long)ctx->data, (void *)(long)ctx->data_end);
+	return ip && lab_foreign4(ip->daddr) ? XDP_DROP : XDP_PASS;
 }

@@ -47,7 +47,7 @@ def test_installed_wheel_builds_the_program(tmp_path: Path) -> None:
     names = zipfile.ZipFile(wheel).namelist()
     for f in ("agent/bpf/floodguard.bpf.c", "agent/bpf/abi.h", "agent/bpf/maps.h", "agent/bpf/parse.h",
               "agent/bpf/ratelimit.h", "agent/bpf/synauth.h", "agent/bpf/lab_pass.bpf.c", "agent/bpf/lab_ceiling.bpf.c",
-              "agent/lab/lab-policy.yaml"):
+              "agent/bpf/lab.h", "agent/lab/lab-policy.yaml"):
         assert f in names, f"{f} missing from the wheel"
     # pyproject.toml lists the packages by hand (bpf/ is mapped in): a new one must be listed too.
     packages = sorted(str(i.parent.relative_to(REPO)) for i in (REPO / "agent").rglob("__init__.py"))

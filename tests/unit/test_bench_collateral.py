@@ -124,10 +124,11 @@ def test_agent_rows_are_also_taken_against_the_perfect_filter_of_the_same_phase(
     assert [x["config"] for x in t["attack"]["checks"]] == ["default", "lab", "lab"], "the ceiling is no agent"
 
 
-def test_the_perfect_filter_drops_exactly_the_labs_foreign_ranges() -> None:
+def test_the_lab_programs_know_exactly_the_labs_foreign_ranges() -> None:
+    """bpf/lab.h, shared by the perfect filter (lab_ceiling) and the upstream pass (lab_pass)."""
     from agent.lab.topology import FOREIGN_V4, FOREIGN_V6
 
-    text = (Path(agent.__file__).parent.parent / "bpf" / "lab_ceiling.bpf.c").read_text()
+    text = (Path(agent.__file__).parent.parent / "bpf" / "lab.h").read_text()
     defines = dict(re.findall(r"#define (LAB_FOREIGN\w*) (0x[0-9A-Fa-f]+|\d+)", text))
     assert int(defines["LAB_FOREIGN_NET"].rstrip("U"), 0) == int(FOREIGN_V4.network_address)
     assert int(defines["LAB_FOREIGN_LEN"]) == FOREIGN_V4.prefixlen
