@@ -25,8 +25,10 @@ Configurations
 ``ceiling``  no agent: the perfect filter (``bpf/lab_ceiling.bpf.c``, :func:`agent.lab.traffic.attach_ceiling`)
              on ``gw-in``, natively, where floodguard attaches. It knows the answer (every flood of
              the lab comes from the foreign ranges, every client from the domestic ones) and drops
-             every foreign packet with no lookup at all. Measured in the attack phases only (in
-             calm it passes everything, as ``none``). What the load gets with it is the most any
+             every foreign packet with no lookup at all. Measured in calm too, where it passes every
+             packet: a veth with an XDP program attached takes another receive path, so calm with
+             the ceiling, not calm with ``none``, is what any XDP program at that hook gives the
+             load here (``of_ceiling`` in calm). What the load gets with it is the most any
              filter at the gateway can give on this machine: on two CPUs shared by trafgen, the
              upstream router's forwarding, nginx and wrk, a flood costs the load CPU even when
              every packet of it is dropped at the first hook. ``of_ceiling`` (each attack row of
@@ -53,8 +55,11 @@ what hurts an unprotected server's users.
 
 Measurement
 -----------
-For each load, phase and configuration, in that order (the configurations of one phase
-are measured one after the other, so drift in the machine's load touches them alike):
+For each load, ``--repeat`` passes (3), each over every phase and configuration in that
+order (the configurations of one phase are measured one after the other, and each pass over
+every phase, so drift in the machine's load touches them alike); each row is the median of its
+passes (``rps_measured`` has every run, ``spread`` their range over the median). For each
+measurement:
 
 1. a fresh nginx, the crowd's address pool (``crowd``) and a fresh agent (unless ``none``);
 2. the load starts and runs without a break until the end of the phase: the users are there
@@ -84,8 +89,8 @@ learned baseline of one phase reaches the next. Waiting for the attacks to relax
 that within the bench's time: with the default policy an attack ends 30 s (``hold_down``) after
 its flood, its rules last 60 s, a ban 10 minutes, and a verified source stays verified for 10
 minutes either way. The cost is a daemon start per phase (a BCC build: about 4 s here) and an
-agent that has learned only a moment of calm before its attack; the whole bench takes nine to
-ten minutes on a 2-CPU machine.
+agent that has learned only a moment of calm before its attack; one pass over both loads takes
+about nine minutes on a 2-CPU machine, the default three about half an hour.
 
 From the agent, for each phase with one: its attack records (kind, vector, class, the verdict's
 lever and why, the ladder steps applied, sources banned), and the legitimate side's losses,
@@ -156,6 +161,7 @@ DEFAULT_SECONDS = 6.0
 DEFAULT_SETTLE = 1.0
 DEFAULT_LINK_MBIT = 100.0
 DEFAULT_CONNECTIONS = 64
+DEFAULT_REPEAT = 3  # one 6 s run of wrk moves by up to a quarter on a shared 2-CPU machine: medians of 3
 AGENT_START_TIMEOUT = 120.0
 WARM_CAP_S = 120.0  # the unmeasured load before the measured one; stopped long before this
 
@@ -163,7 +169,7 @@ CONFIG_SUMMARY = {
     "none": "no agent: the gateway routes everything",
     "default": "floodguard with only the interface and the servers' group in its policy; every other key default",
     "lab": "floodguard with etc/lab-policy.yaml",
-    "ceiling": "no agent: a perfect filter on gw-in drops every foreign source (attack phases only)",
+    "ceiling": "no agent: a perfect filter on gw-in drops every foreign source (and passes every other)",
 }
 LOAD_SUMMARY = {
     "single": "wrk from one client address (a CGNAT address)",
@@ -261,6 +267,60 @@ def delta(after: Mapping[str, int], before: Mapping[str, int]) -> dict[str, int]
     return {k: v - before.get(k, 0) for k, v in after.items() if v - before.get(k, 0)}
 
 
+# --- repetitions ---------------------------------------------------------------------------------------
+
+
+def _median(xs: Sequence[float]) -> float:
+    ys = sorted(xs)
+    n = len(ys)
+    return ys[n // 2] if n % 2 else (ys[n // 2 - 1] + ys[n // 2]) / 2
+
+
+def _merge_legit(ds: Sequence[Mapping[str, Any] | None]) -> dict[str, Any] | None:
+    """The legitimate side's losses over every measurement of one row: packets summed, sources united."""
+    got = [d for d in ds if d]
+    if not got:
+        return None
+    by_reason: dict[str, int] = {}
+    for d in got:
+        for k, v in d["by_reason"].items():
+            by_reason[k] = by_reason.get(k, 0) + v
+    return {"counted": got[0].get("counted"), "packets": sum(int(d["packets"]) for d in got), "by_reason": by_reason,
+            "banned_sources": sorted({a for d in got for a in d["banned_sources"]}),
+            "limited_sources": sorted({a for d in got for a in d.get("limited_sources") or ()})}
+
+
+def combine(measurements: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+    """One row per (config, load, phase) from its repeated measurements, in the order first measured.
+
+    ``rps`` is the median of the measurements (``rps_measured``, in the order taken) and
+    ``spread`` their range over that median: how far one 6 s run of wrk moves on this machine.
+    Errors and requests are summed; the legitimate side's losses are summed over every
+    measurement (a packet discarded in any run counts); the records are the last run's, with
+    ``records_by_run`` keeping each; CPU figures are the median run's.
+    """
+    groups: dict[tuple[str, str, str], list[Mapping[str, Any]]] = {}
+    for m in measurements:
+        groups.setdefault((m["config"], m["load"], m["phase"]), []).append(m)
+    rows = []
+    for ms in groups.values():
+        rps = [float(m["rps"]) for m in ms]
+        mid = _median(rps)
+        median_run = min(ms, key=lambda m: abs(float(m["rps"]) - mid))
+        row = dict(median_run)
+        row.pop("repeat", None)
+        row.update({
+            "rps": round(mid, 1), "rps_measured": rps, "runs": len(ms),
+            "spread": round((max(rps) - min(rps)) / mid, 3) if mid else None,
+            "errors": sum(int(m["errors"]) for m in ms), "requests": sum(int(m["requests"]) for m in ms),
+            "records": ms[-1].get("records"), "legit_discarded": _merge_legit([m.get("legit_discarded") for m in ms]),
+        })
+        if len(ms) > 1 and ms[-1].get("records") is not None:
+            row["records_by_run"] = [m.get("records") for m in ms]
+        rows.append(row)
+    return rows
+
+
 # --- ratios and targets ------------------------------------------------------------------------------
 
 
@@ -272,11 +332,11 @@ def ratio(rps: float | None, reference: float | None) -> float | None:
 
 
 def references(rows: Sequence[Mapping[str, Any]]) -> dict[str, dict[str, Any]]:
-    """Per load, calm without floodguard: every measurement of it (first and last of the load) and their mean."""
+    """Per load, calm without floodguard: every measurement of it (first and last of each pass) and their mean."""
     out: dict[str, dict[str, Any]] = {}
     for r in rows:
         if r["config"] == REFERENCE_CONFIG and r["phase"] in (CALM, CALM_END):
-            out.setdefault(r["load"], {"measured": []})["measured"].append(r["rps"])
+            out.setdefault(r["load"], {"measured": []})["measured"].extend(r.get("rps_measured") or [r["rps"]])
     for ref in out.values():
         ref["rps"] = round(sum(ref["measured"]) / len(ref["measured"]), 1)
     return out
@@ -361,6 +421,41 @@ def tree_cpu_s(pid: int) -> float:
     return total / tick
 
 
+CPU_FIELDS = ("user", "nice", "system", "idle", "iowait", "irq", "softirq")
+
+
+def machine_cpu() -> dict[str, float]:
+    """The machine's CPU seconds so far, all CPUs, by kind (/proc/stat's first line)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open("/proc/stat") as f:
+        fields = f.readline().split()[1:1 + len(CPU_FIELDS)]
+    return {k: int(v) / tick for k, v in zip(CPU_FIELDS, fields)}
+
+
+def comm_cpu() -> dict[str, float]:
+    """CPU seconds so far of every live process, summed by command name (``nginx``, ``wrk``, ``trafgen``, ...)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    out: dict[str, float] = {}
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                text = f.read()
+        except OSError:
+            continue
+        comm = text[text.index("(") + 1:text.rindex(")")]
+        comm = comm.split("/")[0]  # ksoftirqd/0, kworker/1:2 -> one name each
+        fields = text[text.rindex(")") + 2:].split()
+        out[comm] = out.get(comm, 0.0) + (int(fields[11]) + int(fields[12])) / tick
+    return out
+
+
+def cpu_split(after: Mapping[str, float], before: Mapping[str, float]) -> dict[str, float]:
+    """Where the machine's CPU went between two :func:`machine_cpu` readings, in seconds by kind."""
+    return {k: round(after[k] - before.get(k, 0.0), 2) for k in after}
+
+
 @dataclass(frozen=True)
 class Setup:
     seconds: float = DEFAULT_SECONDS
@@ -368,6 +463,7 @@ class Setup:
     link_mbit: float = DEFAULT_LINK_MBIT
     connections: int = DEFAULT_CONNECTIONS
     pps: int | None = None
+    repeat: int = DEFAULT_REPEAT
 
 
 def tick_s(policy: Mapping[str, Any]) -> float:
@@ -501,7 +597,10 @@ class _Bench:
                 flood.start()
             time.sleep(s.settle)
             warm.stop()
+            machine0, comm0 = machine_cpu(), comm_cpu()
             result = HttpLoad(lab, web.url, client=CLIENT, connections=s.connections, seconds=s.seconds).run()
+            machine = cpu_split(machine_cpu(), machine0)
+            comms = {k: round(v - comm0.get(k, 0.0), 2) for k, v in comm_cpu().items() if v - comm0.get(k, 0.0) >= 0.05}
             if flood is not None:
                 report = flood.stop()
             cpu = tree_cpu_s(agent.proc.pid) - cpu0 if agent is not None else None
@@ -512,6 +611,7 @@ class _Bench:
                 "flood_pps": None if report is None else round(report.pps),
                 "records": None, "legit_discarded": None,
                 "agent_cpu_s": None if cpu is None else round(cpu, 2), "warmup_s": round(warmup, 2),
+                "machine_cpu_s": machine, "process_cpu_s": dict(sorted(comms.items(), key=lambda kv: -kv[1])),
             }
             if agent is not None:
                 got = agent.call("attacks", recent=100)
@@ -556,7 +656,7 @@ def run(setup: Setup | None = None, *, configs: Iterable[str] | None = None, loa
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
             raise BenchError(f"{tool} is missing: install {package} (make setup)")
     started = time.monotonic()
-    rows: list[dict[str, Any]] = []
+    measurements: list[dict[str, Any]] = []
     with _util.signals_end_the_run(), contextlib.ExitStack() as stack:
         say("building the lab")
         lab = stack.enter_context(build_lab(run_prefix("col"), attackers=1, clients=1, ipv6=False))
@@ -566,23 +666,27 @@ def run(setup: Setup | None = None, *, configs: Iterable[str] | None = None, loa
         if s.link_mbit:
             stack.enter_context(limit_server_link(lab, s.link_mbit))
         bench = _Bench(lab, workdir, s, say)
+
+        def one(config: str, load: str, phase: str, rep: int) -> None:
+            m = bench.measure(config, load, phase)
+            m["repeat"] = rep
+            measurements.append(m)
+            say(f"[{time.monotonic() - started:4.0f} s] {load:6} {phase:14} {config:7} "
+                + (f"run {rep + 1}/{s.repeat} " if s.repeat > 1 else "")
+                + f"{m['rps']:>9,.0f} req/s, {m['errors']} errors" + _records_text(m["records"], "; "))
+
         for load in lds:
-            for phase in phs:
-                for config in cfgs:
-                    if config == REFERENCE_CONFIG and phase != CALM and not reference_everywhere:
-                        continue
-                    if config == CEILING_CONFIG and phase == CALM:
-                        continue  # it passes everything the calm load sends: it is `none` there
-                    row = bench.measure(config, load, phase)
-                    rows.append(row)
-                    say(f"[{time.monotonic() - started:4.0f} s] {load:6} {phase:14} {config:7} "
-                        f"{row['rps']:>9,.0f} req/s, {row['errors']} errors" + _records_text(row["records"], "; "))
-            if len(phs) > 1:
-                row = bench.measure(REFERENCE_CONFIG, load, CALM_END)
-                rows.append(row)
-                say(f"[{time.monotonic() - started:4.0f} s] {load:6} {CALM_END:14} {REFERENCE_CONFIG:7} "
-                    f"{row['rps']:>9,.0f} req/s, {row['errors']} errors")
+            # Each pass measures every phase and configuration once: drift over the run touches them alike.
+            for rep in range(s.repeat):
+                for phase in phs:
+                    for config in cfgs:
+                        if config == REFERENCE_CONFIG and phase != CALM and not reference_everywhere:
+                            continue
+                        one(config, load, phase, rep)
+                if len(phs) > 1:
+                    one(REFERENCE_CONFIG, load, CALM_END, rep)
         default = bench.default_policy
+    rows = combine(measurements)
     add_ratios(rows)
     return {
         "configs": {
@@ -594,9 +698,10 @@ def run(setup: Setup | None = None, *, configs: Iterable[str] | None = None, loa
         "loads": {k: LOAD_SUMMARY[k] for k in lds},
         "reference": references(rows),
         "rows": rows,
+        "measurements": measurements,
         "targets": targets(rows),
         "setup": {
-            "seconds": s.seconds, "settle_s": s.settle, "link_mbit": s.link_mbit or None,
+            "seconds": s.seconds, "repeat": s.repeat, "settle_s": s.settle, "link_mbit": s.link_mbit or None,
             "connections": s.connections, "crowd_size": CROWD_SIZE, "web_port": WEB_PORT,
             "flood_pps": {p: flood_pps(p, s.pps) for p in phs if p != CALM},
             "http": "wrk, one thread, a new TCP connection per request (Connection: close), 2 s timeout",
@@ -643,20 +748,22 @@ def render(result: Mapping[str, Any]) -> str:
     lines = [
         (f"floodguard bench collateral - legitimate HTTP through the lab's gateway (wrk, {s['connections']} "
          f"connections, a new connection per request, {s['seconds']:g} s per phase, attacks after "
-         f"{s['settle_s']:g} s of flood); server link {link}"),
+         f"{s['settle_s']:g} s of flood, median of {s.get('repeat', 1)} passes); server link {link}"),
         "",
-        (f"{'load':<7} {'phase':<15} {'config':<8} {'req/s':>9} {'ratio':>6} {'of ceil':>7} {'errors':>7} "
-         f"{'flood pps':>9}  {'legit discarded':<24} floodguard's records"),
+        (f"{'load':<7} {'phase':<15} {'config':<8} {'req/s':>9} {'spread':>6} {'ratio':>6} {'of ceil':>7} "
+         f"{'errors':>7} {'flood pps':>9}  {'legit discarded':<24} floodguard's records"),
     ]
     for r in result["rows"]:
         flood = "-" if r["flood_pps"] is None else f"{r['flood_pps']:,}"
-        lines.append(f"{r['load']:<7} {r['phase']:<15} {r['config']:<8} {r['rps']:>9,.0f} {_ratio_text(r['ratio']):>6} "
+        lines.append(f"{r['load']:<7} {r['phase']:<15} {r['config']:<8} {r['rps']:>9,.0f} "
+                     f"{_ratio_text(r.get('spread')):>6} {_ratio_text(r['ratio']):>6} "
                      f"{_ratio_text(r.get('of_ceiling')):>7} {r['errors']:>7,} {flood:>9}  "
                      f"{_legit_text(r['legit_discarded']):<24} "
                      f"{_records_text(r['records']) or '-'}")
-    lines += ["", ("ratio: requests/s over the same load's calm without floodguard (config none: the mean of its "
-                   "phase calm, first of the load, and calm_end, last). of ceil: requests/s over the perfect "
-                   "filter's (config ceiling) in the same phase.")]
+    lines += ["", ("req/s: the median of the passes; spread: their range over it. ratio: requests/s over the same "
+                   "load's calm without floodguard (config none: the mean of every calm, first of each pass, and "
+                   "calm_end, last). of ceil: requests/s over the perfect filter's (config ceiling) in the same "
+                   "phase.")]
     for load, ref in result.get("reference", {}).items():
         lines.append(f"  {load}: {' and '.join(f'{x:,.0f}' for x in ref['measured'])} req/s, reference "
                      f"{ref['rps']:,.0f}")
@@ -680,7 +787,8 @@ def render(result: Mapping[str, Any]) -> str:
 
 EPILOG = """\
 examples:
-  floodguard bench collateral                        the table (nine to ten minutes)
+  floodguard bench collateral                        the table (three passes: about half an hour)
+  floodguard bench collateral --repeat 1             one pass (nine minutes; one run of wrk moves by a quarter)
   floodguard bench collateral --json                 as JSON (progress goes to stderr)
   floodguard bench collateral --phase syn_flood --load single
                                                      one attack, one load (calm without floodguard is always measured)
@@ -704,6 +812,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print the result as JSON")
     p.add_argument("--seconds", type=float, default=DEFAULT_SECONDS,
                    help=f"length of each load, whole seconds (default {DEFAULT_SECONDS:g})")
+    p.add_argument("--repeat", type=int, default=DEFAULT_REPEAT,
+                   help=f"passes over every phase and configuration; each row is the median (default {DEFAULT_REPEAT})")
     p.add_argument("--settle", type=float, default=DEFAULT_SETTLE,
                    help=f"seconds of flood before the load starts (default {DEFAULT_SETTLE:g})")
     p.add_argument("--pps", type=int, default=None, help="flood rate of every attack (default: each scenario's)")
@@ -728,6 +838,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.seconds < 1:
         p.error("--seconds must be at least 1 (wrk runs whole seconds)")
+    if args.repeat < 1:
+        p.error("--repeat must be at least 1")
     if args.settle < 0:
         p.error("--settle must not be negative")
     if args.pps is not None and args.pps < 1:
@@ -753,7 +865,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"  {msg}", file=sys.stderr, flush=True)
 
     setup = Setup(seconds=args.seconds, settle=args.settle, link_mbit=args.link_mbit,
-                  connections=args.connections, pps=args.pps)
+                  connections=args.connections, pps=args.pps, repeat=args.repeat)
     try:
         result = run(setup, configs=args.config, loads=args.load, phases=args.phase, progress=say)
     except KeyboardInterrupt:

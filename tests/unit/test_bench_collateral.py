@@ -231,8 +231,9 @@ def test_the_table_says_when_a_target_was_not_measured() -> None:
 
 @pytest.mark.parametrize("argv", [
     ["--seconds", "0.5"], ["--settle", "-1"], ["--pps", "0"], ["--link-mbit", "-3"], ["--connections", "0"],
+    ["--repeat", "0"],
     ["--config", "nothing"], ["--phase", "mix"], ["--load", "many"],
-], ids=["seconds", "settle", "pps", "link", "connections", "config", "phase", "load"])
+], ids=["seconds", "settle", "pps", "link", "connections", "repeat", "config", "phase", "load"])
 def test_bad_arguments_exit_2_with_a_message(argv: list[str], capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as err:
         c.parse_args(argv)
@@ -265,3 +266,27 @@ def test_every_attack_phase_is_a_scenario_with_a_rate() -> None:
 def test_the_tick_comes_from_the_policy_or_its_default() -> None:
     assert c.tick_s(LAB_POLICY) == 0.1
     assert c.tick_s(c.default_policy(LAB_POLICY, SERVERS)) == 1.0
+
+
+def test_repeated_measurements_become_one_row_with_their_median() -> None:
+    ms = [row("none", "single", "calm", 1000.0), row("lab", "single", "calm", 900.0, packets=0),
+          row("none", "single", "calm", 800.0), row("lab", "single", "calm", 990.0, packets=2),
+          row("none", "single", "calm", 1200.0), row("lab", "single", "calm", 960.0, packets=1,
+                                                       banned=("100.64.0.2/32",))]
+    ms[3]["legit_discarded"]["by_reason"] = {"rate_limited": 2}
+    ms[5]["legit_discarded"]["by_reason"] = {"rate_limited": 1}
+    rows = c.combine(ms)
+    assert [(r["config"], r["rps"], r["rps_measured"], r["runs"], r["spread"]) for r in rows] == [
+        ("none", 1000.0, [1000.0, 800.0, 1200.0], 3, 0.4), ("lab", 960.0, [900.0, 990.0, 960.0], 3, 0.094)]
+    lab = rows[1]
+    assert lab["legit_discarded"]["packets"] == 3 and lab["legit_discarded"]["by_reason"] == {"rate_limited": 3}
+    assert lab["legit_discarded"]["banned_sources"] == ["100.64.0.2/32"]
+    assert lab["requests"] == sum(m["requests"] for m in ms[1::2])
+    assert c.references(rows)["single"] == {"measured": [1000.0, 800.0, 1200.0], "rps": 1000.0}
+    c.add_ratios(rows)
+    assert lab["ratio"] == 0.96
+
+
+def test_an_even_number_of_runs_takes_the_mean_of_the_middle_two() -> None:
+    rows = c.combine([row("ceiling", "crowd", "calm", 100.0), row("ceiling", "crowd", "calm", 300.0)])
+    assert rows[0]["rps"] == 200.0 and rows[0]["spread"] == 1.0
