@@ -429,7 +429,7 @@ def machine_cpu() -> dict[str, float]:
     tick = os.sysconf("SC_CLK_TCK")
     with open("/proc/stat") as f:
         fields = f.readline().split()[1:1 + len(CPU_FIELDS)]
-    return {k: int(v) / tick for k, v in zip(CPU_FIELDS, fields)}
+    return {k: int(v) / tick for k, v in zip(CPU_FIELDS, fields, strict=True)}
 
 
 def comm_cpu() -> dict[str, float]:
